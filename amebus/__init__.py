@@ -1,0 +1,57 @@
+"""amebus: declarative NATS JetStream consumers.
+
+Subclass :class:`Service`, map subject patterns to handlers with :class:`Route` and
+:class:`Router`, declare typed :class:`Event` classes, then ``await MyService().serve(js)``.
+"""
+
+from __future__ import annotations
+
+from amebus.codec import Codec, make_converter
+from amebus.consumer import HandlerTimeoutError, JetStreamConsumer, Processor, RouteStats, Settings
+from amebus.errors import (
+    AmebusError,
+    ConfigurationError,
+    DecodeError,
+    Nak,
+    NoRouteError,
+    NoStreamError,
+    PublishError,
+    SubjectError,
+    Term,
+)
+from amebus.events import EVENT_TYPE_HEADER, Event, publish_many, subject_of
+from amebus.routing import CompiledRoute, Route, Router
+from amebus.service import Service, ServiceStats
+from amebus.tracing import Decision, ErrorTracer, Failure, LoggingTracer
+
+__all__ = [
+    "EVENT_TYPE_HEADER",
+    "AmebusError",
+    "Codec",
+    "CompiledRoute",
+    "ConfigurationError",
+    "DecodeError",
+    "Decision",
+    "ErrorTracer",
+    "Event",
+    "Failure",
+    "HandlerTimeoutError",
+    "JetStreamConsumer",
+    "LoggingTracer",
+    "Nak",
+    "NoRouteError",
+    "NoStreamError",
+    "Processor",
+    "PublishError",
+    "Route",
+    "RouteStats",
+    "Router",
+    "Service",
+    "ServiceStats",
+    "Settings",
+    "SubjectError",
+    "Term",
+    "make_converter",
+    "publish_many",
+    "subject_of",
+]

@@ -1,0 +1,138 @@
+"""Bind a service to the server: check or create its stream, create or update its consumer.
+
+Configuration drift is never ignored: a field the server can update is updated (and logged),
+a field it refuses to change is a ``ConfigurationError`` naming it and the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.client import Client
+from nats.js import api
+from nats.js.errors import APIError, NotFoundError
+
+from amebus.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from nats.js.client import JetStreamContext
+
+    from amebus.routing import ServiceMeta
+
+__all__ = ["bind_consumer", "connection_of", "consumer_config"]
+
+log = logging.getLogger(__name__)
+
+# Fields amebus sets, compared with what the server holds. ack_policy and pull mode are fixed.
+_UPDATABLE = ("ack_wait", "max_deliver", "max_ack_pending", "filter_subject", "filter_subjects")
+
+
+def connection_of(js: JetStreamContext | Client) -> tuple[Client, str]:
+    """The client and JetStream API prefix behind ``js`` (a context or a client)."""
+    if isinstance(js, Client):
+        return js, api.DEFAULT_PREFIX
+    # nats-py offers no public accessor for these; they are read, never changed.
+    return js._nc, js._prefix
+
+
+def consumer_config(cls: ServiceMeta, options: Mapping[str, Any], durable: str
+                    ) -> api.ConsumerConfig:
+    """The durable pull consumer a service needs."""
+    filters = list(cls.filter_subjects)
+    return api.ConsumerConfig(
+        durable_name=durable,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        deliver_policy=api.DeliverPolicy.ALL,
+        ack_wait=float(options["ack_wait"]),
+        max_deliver=int(options["max_deliver"]) if options["max_deliver"] > 0 else -1,
+        max_ack_pending=int(options["max_ack_pending"]),
+        filter_subject=filters[0] if len(filters) == 1 else None,
+        filter_subjects=filters if len(filters) > 1 else None,
+    )
+
+
+async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping[str, Any],
+                        api_prefix: str) -> tuple[str, str]:
+    """Make sure the stream and the durable consumer exist as declared; return their names."""
+    stream = options["stream"]
+    if not stream:
+        msg = (f"{cls.__name__} has no stream; set `stream = 'ORDERS'` on the class or pass "
+               f"serve(js, stream='ORDERS')")
+        raise ConfigurationError(msg)
+    durable = options["durable"] or cls.__name__
+    await _ensure_stream(js, cls, stream, options.get("stream_subjects"))
+    wanted = consumer_config(cls, options, durable)
+    try:
+        current = (await js.consumer_info(stream, durable)).config
+    except NotFoundError:
+        current = None
+    if current is not None:
+        _refuse_fixed_drift(cls, stream, durable, current)
+        changed = [f for f in _UPDATABLE if _norm(getattr(current, f)) != _norm(getattr(wanted, f))]
+        if not changed:
+            return stream, durable
+        log.warning("%s: updating consumer %s on %s: %s", cls.__name__, durable, stream,
+                    ", ".join(f"{f} {getattr(current, f)!r} -> {getattr(wanted, f)!r}"
+                              for f in changed))
+        # Keep what amebus does not manage (deliver policy, replicas, ...) as the server has it.
+        wanted = current.evolve(**{f: getattr(wanted, f) for f in _UPDATABLE})
+    try:
+        await js.add_consumer(stream, wanted)
+    except APIError as exc:
+        action = "update" if current is not None else "create"
+        msg = (f"the server refused to {action} consumer {durable!r} on stream {stream!r} "
+               f"with filter subjects {list(cls.filter_subjects)}: {exc.description} "
+               f"(err_code {exc.err_code}); check that the stream's subjects include every "
+               f"route pattern, or delete the consumer (`nats consumer rm {stream} {durable}`)")
+        raise ConfigurationError(msg) from exc
+    return stream, durable
+
+
+async def _ensure_stream(js: JetStreamContext, cls: ServiceMeta, stream: str,
+                         subjects: tuple[str, ...] | None) -> None:
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        if not subjects:
+            msg = (f"stream {stream!r} does not exist; create it (`nats stream add {stream} "
+                   f"--subjects '{cls.filter_subjects[0]}'`) or set `stream_subjects` on "
+                   f"{cls.__name__} so amebus creates it")
+            raise ConfigurationError(msg) from None
+        await js.add_stream(name=stream, subjects=list(subjects),
+                            storage=api.StorageType.FILE)
+        log.info("created stream %s on %s", stream, list(subjects))
+        return
+    if subjects:
+        have = list(info.config.subjects or [])
+        missing = [s for s in subjects if s not in have]
+        if missing:
+            try:
+                await js.update_stream(info.config.evolve(subjects=have + missing))
+            except APIError as exc:
+                msg = (f"could not add subjects {missing} to stream {stream!r}: "
+                       f"{exc.description}; another stream may already capture them")
+                raise ConfigurationError(msg) from exc
+            log.info("added subjects %s to stream %s", missing, stream)
+
+
+def _refuse_fixed_drift(cls: ServiceMeta, stream: str, durable: str,
+                        current: api.ConsumerConfig) -> None:
+    refused = []
+    if current.ack_policy != api.AckPolicy.EXPLICIT:
+        refused.append(f"ack_policy is {_norm(current.ack_policy)!r}, amebus needs 'explicit'")
+    if current.deliver_subject:
+        refused.append(f"deliver_subject is {current.deliver_subject!r} (a push consumer), "
+                       f"amebus needs a pull consumer")
+    if refused:
+        msg = (f"{cls.__name__}: consumer {durable!r} on stream {stream!r} exists with "
+               f"settings the server cannot change: {'; '.join(refused)}. Delete it "
+               f"(`nats consumer rm {stream} {durable}`) or set another `durable`")
+        raise ConfigurationError(msg)
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, list):
+        return sorted(value)
+    return getattr(value, "value", value)

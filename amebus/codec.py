@@ -1,0 +1,220 @@
+"""The JSON wire format of events: a private, strict cattrs converter and the Codec using it.
+
+The consumer asks for ``decoder(cls)`` once per route and calls it per message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from datetime import date, datetime
+from typing import Any, TypeVar
+
+import attrs
+from cattrs import BaseConverter, Converter
+from cattrs.errors import BaseValidationError
+from cattrs.preconf.json import make_converter as _make_json_converter
+from cattrs.v import format_exception, transform_error
+
+from amebus.errors import ConfigurationError, DecodeError
+
+__all__ = ["Codec", "default_codec", "make_converter"]
+
+E = TypeVar("E")
+
+
+class _WrongTypeError(TypeError):
+    """A JSON value of the wrong type; its message is already readable."""
+
+
+def _wrong(expected: str, value: object) -> _WrongTypeError:
+    return _WrongTypeError(f"expected {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _str(value: Any, cls: type[Any]) -> Any:
+    if value.__class__ is not str:
+        raise _wrong("str", value)
+    return value if cls is str else cls(value)  # a str enum, when singledispatch lands here
+
+
+def _int(value: Any, cls: type[Any]) -> Any:
+    if value.__class__ is not int:  # refuses bool (an int subclass) and 1.0
+        raise _wrong("int", value)
+    return value if cls is int else cls(value)
+
+
+def _float(value: Any, cls: type[Any]) -> Any:
+    if value.__class__ is not float and value.__class__ is not int:
+        raise _wrong("number", value)
+    return cls(value)
+
+
+def _bool(value: Any, _: type[Any]) -> bool:
+    if value.__class__ is not bool:
+        raise _wrong("true or false", value)
+    return bool(value)
+
+
+def _bytes(value: Any, _: type[Any]) -> bytes:
+    if value.__class__ is not str:
+        raise _wrong("base64 str", value)
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error:
+        raise _wrong("base64 str", value) from None
+
+
+def _datetime(value: Any, cls: type[Any]) -> Any:
+    if value.__class__ is not str:
+        raise _wrong("ISO 8601 str", value)
+    return cls.fromisoformat(value)
+
+
+def make_converter() -> Converter:
+    """Return a new converter for amebus's JSON wire format.
+
+    - attrs classes are JSON objects keyed by field name; unknown keys are ignored, so a
+      producer may add fields before its consumers know them;
+    - ``str``, ``int``, ``float`` and ``bool`` are strict: a JSON value of another type is a
+      decode error (``1`` is not ``"1"``, ``true`` is not ``1``); a float field accepts ``1``;
+    - ``datetime`` and ``date`` are ISO 8601 strings; ``bytes`` are standard base64;
+    - enums are their values; ``None`` is ``null``; lists, tuples and sets are arrays;
+      dicts are objects, so their keys must be ``str`` (or a str enum);
+    - unions of ``str``, ``int``, ``float``, ``bool`` and ``None`` pass through by JSON type;
+      a union of attrs classes is told apart by a field unique to one class. For an explicit
+      tag use ``cattrs.strategies.configure_tagged_union(Union, converter)`` on a converter
+      from this function and set it as the event's ``converter``.
+    """
+    converter = _make_json_converter()
+    converter.register_structure_hook(str, _str)
+    converter.register_structure_hook(int, _int)
+    converter.register_structure_hook(float, _float)
+    converter.register_structure_hook(bool, _bool)
+    converter.register_structure_hook(bytes, _bytes)
+    converter.register_unstructure_hook(bytes, lambda value: base64.b64encode(value).decode())
+    converter.register_structure_hook(datetime, _datetime)
+    converter.register_structure_hook(date, _datetime)
+    return converter
+
+
+def _format(exc: BaseException, cls: type[Any] | None) -> str:
+    if isinstance(exc, _WrongTypeError):
+        return str(exc)
+    return format_exception(exc, cls)
+
+
+def _reject_constant(name: str) -> Any:
+    msg = f"{name} is not JSON"
+    raise ValueError(msg)
+
+
+_loads: Callable[[str], Any] = json.JSONDecoder(parse_constant=_reject_constant).decode
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _dumps(obj: Any) -> bytes:
+    return _encoder.encode(obj).encode()
+
+
+_JSON_NAMES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def _parse(data: bytes, target: type[Any]) -> dict[str, Any]:
+    try:
+        obj = _loads(data.decode())
+    except ValueError as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        msg = (f"cannot decode {len(data)} bytes into {target.__qualname__}: the payload is not "
+               f"UTF-8 JSON ({err}); the producer must publish a JSON object")
+        raise DecodeError(msg, errors=(str(err),), size=len(data), target=target) from None
+    if obj.__class__ is not dict:
+        msg = (f"cannot decode {len(data)} bytes into {target.__qualname__}: the payload is a "
+               f"JSON {_JSON_NAMES.get(type(obj), 'value')}, not an object; an event is a JSON "
+               f"object of its fields")
+        raise DecodeError(msg, errors=(msg,), size=len(data), target=target)
+    return obj
+
+
+def _converter_for(cls: type[Any], fallback: BaseConverter) -> BaseConverter:
+    own = getattr(cls, "converter", None)
+    return own if isinstance(own, BaseConverter) else fallback
+
+
+def _require_attrs(cls: object, where: str) -> None:
+    if not (isinstance(cls, type) and attrs.has(cls)):
+        msg = (f"{where} takes an attrs class such as an Event subclass, got {cls!r}; "
+               f"decorate the class with @attrs.frozen")
+        raise ConfigurationError(msg)
+
+
+class Codec:
+    """Encodes events to JSON bytes and decodes them back, strictly.
+
+    A class that sets ``converter = make_converter()`` (a class attribute) is encoded and
+    decoded with that converter instead of this codec's.
+
+    Args:
+        converter: the converter to use; ``None`` makes one with ``make_converter()``.
+    """
+
+    def __init__(self, converter: BaseConverter | None = None) -> None:
+        self.converter = make_converter() if converter is None else converter
+        self._encoders: dict[type[Any], Callable[[Any], bytes]] = {}
+        self._decoders: dict[type[Any], Callable[[bytes], Any]] = {}
+
+    def encode(self, event: object) -> bytes:
+        """Return the JSON bytes of an attrs instance."""
+        encoder = self._encoders.get(type(event))
+        if encoder is None:
+            encoder = self._encoders[type(event)] = self._make_encoder(type(event))
+        return encoder(event)
+
+    def decode(self, cls: type[E], data: bytes) -> E:
+        """Return ``data`` decoded into ``cls``; any failure is a ``DecodeError``."""
+        return self.decoder(cls)(data)
+
+    def decoder(self, cls: type[E]) -> Callable[[bytes], E]:
+        """Return a function decoding bytes into ``cls``, its structure hook looked up once."""
+        decoder = self._decoders.get(cls)
+        if decoder is None:
+            decoder = self._decoders[cls] = self._make_decoder(cls)
+        return decoder
+
+    def _make_encoder(self, cls: type[Any]) -> Callable[[Any], bytes]:
+        _require_attrs(cls, "Codec.encode()")
+        unstructure = _converter_for(cls, self.converter).get_unstructure_hook(cls)
+
+        def encode(event: Any) -> bytes:
+            try:
+                return _dumps(unstructure(event))
+            except (TypeError, ValueError) as err:
+                msg = (f"cannot encode {event!r} as JSON: {err}; give every field a JSON type "
+                       f"(str, int, float, bool, None, list, dict, attrs class, enum, datetime, "
+                       f"bytes) or register an unstructure hook on the converter")
+                if isinstance(err, TypeError):
+                    raise TypeError(msg) from err
+                raise ValueError(msg) from err
+
+        return encode
+
+    def _make_decoder(self, cls: type[E]) -> Callable[[bytes], E]:
+        _require_attrs(cls, "Codec.decoder()")
+        structure = _converter_for(cls, self.converter).get_structure_hook(cls)
+
+        def decode(data: bytes) -> E:
+            obj = _parse(data, cls)
+            try:
+                return structure(obj, cls)  # type: ignore[no-any-return]
+            except (BaseValidationError, ValueError, TypeError, KeyError) as err:
+                errors = transform_error(err, "$", _format)
+                msg = (f"cannot decode {len(data)} bytes into {cls.__qualname__}: "
+                       f"{'; '.join(errors)}; the producer's schema differs from this class")
+                raise DecodeError(msg, errors=errors, size=len(data), target=cls) from None
+
+        return decode
+
+
+default_codec = Codec()
+"""The codec ``Event.publish`` and ``publish_many`` use."""

@@ -1,0 +1,414 @@
+"""Dispatch and settlement: run each message's handler and settle it exactly once.
+
+``JetStreamConsumer`` takes messages (from the pull engine, or any async iterator), runs them
+through a processor with bounded concurrency, and acks, naks or terms each one by the
+settlement table in ``docs/settlement.md``. A watchdog sends in-progress signals for long
+handlers and cancels those past their timeout; no timer is created per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+
+from amebus.errors import DecodeError, Nak, NoRouteError, Term
+from amebus.tracing import Decision, ErrorTracer, Failure, LoggingTracer, Stage
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.js.client import JetStreamContext
+
+__all__ = ["HandlerTimeoutError", "JetStreamConsumer", "Processor", "RouteStats", "Settings"]
+
+log = logging.getLogger(__name__)
+
+
+class Processor(Protocol):
+    """Anything with ``async def process(self, input)``: the seed's Processor."""
+
+    async def process(self, input: Msg, /) -> Any:  # noqa: A002 - the seed's name
+        """Handle one message; raise to fail it, ``Nak``/``Term`` to steer settlement."""
+
+
+class HandlerTimeoutError(TimeoutError):
+    """A handler ran past its timeout and was cancelled."""
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """How messages are run and settled (the ``Service`` class attributes of the same names)."""
+
+    concurrency: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    ack_wait: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    max_deliver: int = attrs.field(default=5)
+    backoff: tuple[float, ...] = attrs.field(default=(1.0, 5.0, 30.0, 120.0), converter=tuple)
+    timeout: float | None = 300.0
+    dead_letter_subject: str | None = None
+    shutdown_timeout: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+
+    def retry_delay(self, deliveries: int) -> float:
+        """The nak delay after delivery number ``deliveries`` failed."""
+        if not self.backoff:
+            return 0.0
+        return self.backoff[min(max(deliveries, 1), len(self.backoff)) - 1]
+
+
+@attrs.define
+class RouteStats:
+    """Counters of one route (``handler_seconds`` sums the time its handler ran)."""
+
+    handled: int = 0
+    acked: int = 0
+    naked: int = 0
+    termed: int = 0
+    dead_lettered: int = 0
+    handler_seconds: float = 0.0
+
+
+class Handler(Protocol):
+    """A resolved route: its name, counters, timeout, and how to run it on a message."""
+
+    name: str
+    stats: RouteStats
+    timeout: float | None
+
+    def __call__(self, msg: Msg, /) -> Awaitable[Any]: ...
+
+
+@attrs.define(eq=False)
+class _Slot:
+    task: asyncio.Task[None] | None = None
+    msg: Msg | None = None
+    deadline: float = 0.0
+    progress_at: float = 0.0
+    timed_out: bool = False
+
+
+class _ProcessorHandler:
+    def __init__(self, processor: Processor, timeout: float | None) -> None:
+        self.name = type(processor).__name__
+        self.stats = RouteStats()
+        self.timeout = timeout
+        self._process = processor.process
+
+    def __call__(self, msg: Msg) -> Awaitable[Any]:
+        return self._process(msg)
+
+
+class JetStreamConsumer:
+    """Runs a processor over JetStream messages and settles every message exactly once.
+
+    Args:
+        processor: a ``Service`` instance (routes by subject) or any ``Processor``.
+        nc: the connected nats-py client (acks go through it; result events are published
+            through its JetStream context).
+        error_tracer: receives every failure; defaults to :class:`LoggingTracer`.
+        settings: concurrency, timeouts, retry backoff and dead-lettering.
+    """
+
+    def __init__(self, processor: Processor, nc: Client, error_tracer: ErrorTracer | None = None,
+                 *, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.tracer = error_tracer or LoggingTracer()
+        resolve: Callable[[str], Handler | None] | None = getattr(
+            processor, "_amebus_resolver", lambda: None)()
+        if resolve is None:
+            single = _ProcessorHandler(processor, self.settings.timeout)
+            self.handlers: dict[str, Handler] = {single.name: single}
+            resolve = lambda subject: single  # noqa: E731
+        else:
+            self.handlers = dict(getattr(processor, "_amebus_handlers", {}))
+        self._resolve = resolve
+        self.in_flight = 0
+        self.stopping = False
+        self._slots: list[_Slot] = []
+        self._handled_at_tick = 0
+        self.handled = 0
+        self.on_tick: Callable[[float], None] | None = None
+
+    # -- running --------------------------------------------------------------------------
+
+    async def run(self, messages: AsyncIterator[Msg]) -> None:
+        """Process ``messages`` until they end or this coroutine is cancelled.
+
+        On cancellation: stop taking messages, wait up to ``shutdown_timeout`` for running
+        handlers, cancel the rest (they are nak'ed for immediate redelivery), then re-raise.
+        """
+        lock = asyncio.Lock()
+
+        async def take() -> Msg | None:
+            async with lock:
+                return await anext(messages, None)
+
+        await self.run_from(take)
+
+    async def run_from(self, take: Callable[[], Awaitable[Msg | None]], *,
+                       before_shutdown: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Like :meth:`run`, with ``take()`` returning the next message or None at the end.
+
+        ``before_shutdown`` runs first when cancelled (the pull engine stops pulling there).
+        """
+        self._slots = [_Slot() for _ in range(self.settings.concurrency)]
+        for index, slot in enumerate(self._slots):
+            slot.task = asyncio.create_task(self._worker(slot, take),
+                                            name=f"amebus-worker-{index}")
+        watchdog = asyncio.create_task(self._watchdog(), name="amebus-watchdog")
+        workers = [slot.task for slot in self._slots if slot.task is not None]
+        try:
+            await asyncio.gather(*workers)
+        except asyncio.CancelledError:
+            self.stopping = True
+            if before_shutdown is not None:
+                await before_shutdown()
+            await self._shutdown(workers)
+            raise
+        finally:
+            self.stopping = True
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+
+    async def _shutdown(self, workers: list[asyncio.Task[None]]) -> None:
+        running = [t for t, s in zip(workers, self._slots, strict=True)
+                   if not t.done() and s.msg is not None]
+        idle = [t for t, s in zip(workers, self._slots, strict=True)
+                if not t.done() and s.msg is None]
+        for task in idle:
+            task.cancel()
+        if running:
+            _, late = await asyncio.wait(running, timeout=self.settings.shutdown_timeout)
+            for task in late:
+                task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _worker(self, slot: _Slot, take: Callable[[], Awaitable[Msg | None]]) -> None:
+        while not self.stopping:
+            try:
+                msg = await take()
+                if msg is None:
+                    return
+                await self.handle(msg, slot)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if slot.timed_out and not self.stopping and task is not None:
+                    task.uncancel()  # a timeout that fired just after its handler finished
+                    slot.timed_out = False
+                    continue
+                raise
+
+    # -- one message ------------------------------------------------------------------------
+
+    async def handle(self, msg: Msg, slot: _Slot | None = None) -> Decision:
+        """Run one message through its handler and settle it; return the decision taken."""
+        handler = self._resolve(msg.subject)
+        slot = slot or _Slot(task=asyncio.current_task())
+        now = time.monotonic()
+        slot.msg, slot.progress_at, slot.timed_out = msg, now, False
+        timeout = handler.timeout if handler is not None else None
+        slot.deadline = now + timeout if timeout is not None else float("inf")
+        self.in_flight += 1
+        stage: Stage = "pre-process"
+        try:
+            if handler is None:
+                error = f"no route of {self._owner()} handles subject {msg.subject!r}"
+                raise NoRouteError(error)
+            stage = "business"
+            result = await handler(msg)
+            if result is not None:
+                stage = "post-process"
+                events = _events_of(result)
+                if events:
+                    from amebus.events import publish_many
+
+                    await publish_many(self.js, events)
+            decision = Decision.ack()
+        except asyncio.CancelledError:
+            if not slot.timed_out:  # shutdown: give it back at once, never ack
+                await self.settle(msg, Decision.nak(0.0), handler)
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            where = handler.name if handler is not None else "?"
+            timeout_error = HandlerTimeoutError(f"handler {where} ran past its {timeout}s timeout")
+            decision = await self._failed(msg, handler, stage, timeout_error)
+        except Nak as nak:
+            delay = nak.delay
+            if delay is None:
+                delay = self.settings.retry_delay(_meta(msg.reply)[2])
+            decision = Decision.nak(delay)
+        except Term as term:
+            decision = Decision.term(term.reason or "terminated by the handler")
+        except BaseException as exc:  # noqa: BLE001 - every failure is settled, none escapes
+            if isinstance(exc, DecodeError | NoRouteError):
+                stage = "pre-process"
+            decision = await self._failed(msg, handler, stage, exc)
+        finally:
+            self.in_flight -= 1
+            slot.msg = None
+            elapsed = time.monotonic() - now
+            if handler is not None:
+                handler.stats.handled += 1
+                handler.stats.handler_seconds += elapsed
+            self.handled += 1
+        await self.settle(msg, decision, handler)
+        return decision
+
+    async def _failed(self, msg: Msg, handler: Handler | None, stage: Stage,
+                      error: BaseException) -> Decision:
+        stream, seq, deliveries = _meta(msg.reply)
+        retryable = stage != "pre-process"
+        dead_letter = self.settings.dead_letter_subject is not None
+        if not retryable:
+            decision = Decision.term(f"{stage}: {_one_line(error)}", dead_letter=dead_letter)
+        elif 0 < self.settings.max_deliver <= deliveries:
+            reason = f"failed on delivery {deliveries} of {self.settings.max_deliver}: "
+            decision = Decision.term(reason + _one_line(error), dead_letter=dead_letter)
+        else:
+            decision = Decision.nak(self.settings.retry_delay(deliveries))
+        failure = Failure(stage=stage, error=error, subject=msg.subject, stream=stream,
+                          stream_seq=seq, deliveries=deliveries,
+                          route=handler.name if handler is not None else None,
+                          retryable=retryable, decision=decision)
+        try:
+            chosen = self.tracer.trace(failure)
+        except Exception:
+            log.exception("the error tracer %r raised; keeping its decision", self.tracer)
+            chosen = None
+        decision = chosen or decision
+        if decision.action == "term" and decision.dead_letter:
+            decision = await self._dead_letter(msg, handler, failure, decision)
+        return decision
+
+    async def _dead_letter(self, msg: Msg, handler: Handler | None, failure: Failure,
+                           decision: Decision) -> Decision:
+        subject = self.settings.dead_letter_subject
+        if subject is None:
+            return decision
+        headers = {k: v for k, v in (msg.headers or {}).items()
+                   if k not in ("Nats-Msg-Id", "Amebus-Event-Type")}
+        original = msg.headers or {}
+        if "Nats-Msg-Id" in original:
+            headers["Amebus-Original-Msg-Id"] = original["Nats-Msg-Id"]
+        if "Amebus-Event-Type" in original:
+            headers["Amebus-Original-Event-Type"] = original["Amebus-Event-Type"]
+        headers.update({
+            "Amebus-Dead-Letter": "1",
+            "Amebus-Original-Subject": msg.subject,
+            "Amebus-Original-Stream": failure.stream,
+            "Amebus-Original-Sequence": str(failure.stream_seq),
+            "Amebus-Deliveries": str(failure.deliveries),
+            "Amebus-Stage": failure.stage,
+            "Amebus-Route": failure.route or "",
+            "Amebus-Error": _one_line(failure.error),
+        })
+        try:
+            await self.js.publish(subject, msg.data, headers=headers)
+        except Exception as exc:  # keep the message: nak instead of term
+            retry = Decision.nak(self.settings.retry_delay(failure.deliveries))
+            post = attrs.evolve(failure, stage="post-process", error=exc, decision=retry)
+            with contextlib.suppress(Exception):
+                self.tracer.trace(post)
+            return retry
+        if handler is not None:
+            handler.stats.dead_lettered += 1
+        return decision
+
+    async def settle(self, msg: Msg, decision: Decision, handler: Handler | None = None) -> None:
+        """Send ``decision`` for ``msg`` (once: skipped if the handler settled it itself)."""
+        if not msg.reply or msg.is_acked:  # not JetStream, or the handler settled it itself
+            return
+        stats = handler.stats if handler is not None else None
+        if decision.action == "ack":
+            payload = b"+ACK"
+            if stats:
+                stats.acked += 1
+        elif decision.action == "nak":
+            payload = b"-NAK"
+            if decision.delay > 0:
+                payload += b" " + json.dumps({"delay": int(decision.delay * 1e9)}).encode()
+            if stats:
+                stats.naked += 1
+        else:
+            payload = b"+TERM"
+            if decision.reason:
+                payload += b" " + _one_line(decision.reason).encode()
+            if stats:
+                stats.termed += 1
+        try:
+            await self.nc.publish(msg.reply, payload)
+        except Exception as exc:  # the server redelivers after ack_wait: nothing is lost
+            log.warning("could not settle %r (%s): %r", msg.subject, decision.action, exc)
+
+    # -- watchdog -------------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        settings = self.settings
+        progress_every = settings.ack_wait / 3
+        tick = min(1.0, progress_every / 2, (settings.timeout or 60.0) / 4)
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for slot in self._slots:
+                msg = slot.msg
+                if msg is None:
+                    continue
+                if now >= slot.deadline and not slot.timed_out and slot.task is not None:
+                    slot.timed_out = True
+                    slot.task.cancel()
+                elif now - slot.progress_at >= progress_every and msg.reply:
+                    slot.progress_at = now
+                    with contextlib.suppress(Exception):
+                        await self.nc.publish(msg.reply, b"+WPI")
+            if self.on_tick is not None:
+                self.on_tick(now - last)
+            last = now
+
+    def _owner(self) -> str:
+        return ", ".join(self.handlers) or "the processor"
+
+
+def _events_of(result: Any) -> list[Any]:
+    from amebus.events import Event
+
+    if isinstance(result, Event):
+        return [result]
+    if isinstance(result, list | tuple):
+        events = [item for item in result if isinstance(item, Event)]
+        if events and len(events) != len(result):
+            msg = (f"the handler returned {result!r}, which mixes events and other values; "
+                   f"return an Event, a list of Events, or None")
+            raise TypeError(msg)
+        return events
+    return []
+
+
+def _meta(reply: str) -> tuple[str, int, int]:
+    """(stream, stream sequence, deliveries) from a JetStream reply subject."""
+    tokens = reply.split(".") if reply else []
+    try:
+        if len(tokens) == 9:
+            return tokens[2], int(tokens[5]), int(tokens[4])
+        if len(tokens) >= 11:
+            return tokens[4], int(tokens[7]), int(tokens[6])
+    except ValueError:
+        pass
+    return "", 0, 1
+
+
+def _one_line(value: object, limit: int = 300) -> str:
+    text = str(value) if not isinstance(value, BaseException) else (
+        f"{type(value).__name__}: {value}")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,124 @@
+"""The exceptions amebus raises, and the two signals a handler may raise.
+
+Exception tree::
+
+    AmebusError
+    ├── SubjectError (ValueError)        a subject, pattern or token breaks the grammar
+    ├── ConfigurationError (TypeError)   a declaration is wrong; raised at class creation
+    ├── DecodeError (ValueError)         a payload does not decode into the handler's event
+    ├── NoRouteError (LookupError)       a message's subject resolves to no route
+    └── PublishError                     the server did not store a published event
+        ├── NoStreamError                no stream listens on the subject
+        └── BatchPublishError            some events of a publish_many() batch were not stored
+
+Flow-control signals are not errors and stand outside the tree: a handler raises
+``Nak(delay=...)`` to ask for redelivery and ``Term(reason=...)`` to drop a message for good.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nats.js.api import PubAck
+
+__all__ = [
+    "AmebusError",
+    "BatchPublishError",
+    "ConfigurationError",
+    "DecodeError",
+    "Nak",
+    "NoRouteError",
+    "NoStreamError",
+    "PublishError",
+    "SubjectError",
+    "Term",
+]
+
+
+class AmebusError(Exception):
+    """Base of every error amebus raises."""
+
+
+class SubjectError(AmebusError, ValueError):
+    """A subject, pattern or token is not valid NATS subject syntax."""
+
+
+class ConfigurationError(AmebusError, TypeError):
+    """A Service, Route, Router or Event is declared wrongly."""
+
+
+class DecodeError(AmebusError, ValueError):
+    """A payload could not be decoded into the expected event class.
+
+    Attributes:
+        errors: readable failures, one per path (``required field missing @ $.order_id``).
+        size: the payload size in bytes.
+        target: the class the payload was decoded into.
+    """
+
+    def __init__(self, message: str, *, errors: Sequence[str] = (), size: int = 0,
+                 target: type[Any] | None = None) -> None:
+        super().__init__(message)
+        self.errors = tuple(errors)
+        self.size = size
+        self.target = target
+
+
+class NoRouteError(AmebusError, LookupError):
+    """A message arrived on a subject that no route of the service handles."""
+
+
+class PublishError(AmebusError):
+    """The server did not acknowledge a publish.
+
+    Attributes:
+        subject: the subject that was published to.
+    """
+
+    def __init__(self, message: str, *, subject: str = "") -> None:
+        super().__init__(message)
+        self.subject = subject
+
+
+class NoStreamError(PublishError):
+    """No JetStream stream captures the subject that was published to."""
+
+
+class BatchPublishError(PublishError):
+    """Some events of a ``publish_many()`` batch were not stored; the others were.
+
+    Attributes:
+        acks: one entry per event, in order: its ``PubAck``, or ``None`` if it was not stored.
+        failures: the index of each event not stored, mapped to the error saying why
+            (a ``NoStreamError`` or a ``PublishError``, whose ``subject`` is the event's).
+        subject: the subject of the first event not stored.
+    """
+
+    def __init__(self, message: str, *, acks: Sequence[PubAck | None],
+                 failures: Mapping[int, PublishError]) -> None:
+        first = failures[min(failures)].subject if failures else ""
+        super().__init__(message, subject=first)
+        self.acks = list(acks)
+        self.failures = dict(failures)
+
+
+class Nak(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by a handler to ask the server to redeliver the message after ``delay`` seconds.
+
+    ``delay=None`` uses the service's retry backoff for this delivery; ``delay=0`` redelivers
+    at once.
+    """
+
+    def __init__(self, delay: float | None = None) -> None:
+        super().__init__(delay)
+        self.delay = delay
+
+
+class Term(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by a handler to stop redelivery of the message for good, with a reason."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason

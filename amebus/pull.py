@@ -1,0 +1,174 @@
+"""The pull engine: keeps ``MSG.NEXT`` requests outstanding on its own inbox.
+
+Not nats-py's ``fetch()`` (a task, a timer and a uuid per message). One subscription with a
+callback fills a buffer; requests are refilled before it runs dry, bounded so that no more
+messages are held than can be started soon; idle heartbeats and the connection's reconnect
+counter tell when requests were lost, and they are reissued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+
+__all__ = ["Puller"]
+
+log = logging.getLogger(__name__)
+
+
+class Puller:
+    """Pulls messages of one durable pull consumer into a bounded buffer.
+
+    Args:
+        nc: a connected nats-py client.
+        stream: the stream name.
+        durable: the durable consumer name.
+        batch: the most messages held (outstanding in requests plus buffered).
+        expires: seconds a pull request lives on the server.
+        heartbeat: seconds between the server's idle heartbeats on a waiting request.
+        api_prefix: the JetStream API prefix (``$JS.API``).
+    """
+
+    def __init__(self, nc: Client, stream: str, durable: str, *, batch: int = 256,
+                 expires: float = 30.0, heartbeat: float = 5.0,
+                 api_prefix: str = "$JS.API") -> None:
+        self._nc = nc
+        self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self.batch = max(1, batch)
+        self.limit = self.batch  # the current bound; the consumer lowers it for slow handlers
+        self._expires_ns = int(expires * 1e9)
+        self._heartbeat = heartbeat
+        self._request_body = b""
+        self.pending = 0  # messages requested and not yet received
+        self.buffer: deque[Msg] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._sub: Subscription | None = None
+        self._inbox = ""
+        self._last_seen = 0.0
+        self._reconnects = 0
+        self._monitor: asyncio.Task[None] | None = None
+        self.closed = False
+        self.received = 0
+        self.error: BaseException | None = None
+
+    async def start(self) -> None:
+        """Subscribe the inbox and issue the first request."""
+        self._inbox = self._nc.new_inbox()
+        # The requests bound what can arrive, so nats-py's slow-consumer limits must not drop.
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg,
+                                             pending_msgs_limit=0, pending_bytes_limit=0)
+        self._reconnects = self._nc.stats["reconnects"]
+        self._last_seen = time.monotonic()
+        await self.refill()
+        self._monitor = asyncio.create_task(self._watch(), name="amebus-pull-monitor")
+
+    async def stop(self) -> list[Msg]:
+        """Stop requesting, drain the inbox, and return every message not yet taken."""
+        self.closed = True
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        if self._sub is not None and self._nc.is_connected:
+            with contextlib.suppress(Exception):
+                await self._sub.drain()  # everything the server sent before UNSUB arrives
+        elif self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        left = list(self.buffer)
+        self.buffer.clear()
+        self._wake()
+        return left
+
+    async def next(self) -> Msg | None:
+        """The next message, waiting for one; None once stopped."""
+        while not self.buffer:
+            if self.closed:
+                return None
+            if self.error is not None:
+                raise self.error
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        msg = self.buffer.popleft()
+        if self.pending + len(self.buffer) <= self.limit // 2 and not self.closed:
+            await self.refill()
+        return msg
+
+    async def refill(self) -> None:
+        """Request enough messages to bring outstanding plus buffered up to the limit."""
+        want = self.limit - self.pending - len(self.buffer)
+        if want <= 0 or self.closed or not self._nc.is_connected:
+            return
+        body = json.dumps({"batch": want, "expires": self._expires_ns,
+                           "idle_heartbeat": int(self._heartbeat * 1e9)}).encode()
+        self.pending += want
+        try:
+            await self._nc.publish(self._next_subject, body, reply=self._inbox)
+        except Exception as exc:  # disconnected: the monitor reissues once reconnected
+            self.pending -= want
+            log.debug("pull request failed: %r", exc)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self._last_seen = time.monotonic()
+        headers = msg.headers
+        if headers and not msg.reply and "Status" in headers:
+            await self._on_status(headers)
+            return
+        self.pending -= 1
+        self.received += 1
+        self.buffer.append(msg)
+        self._wake()
+
+    async def _on_status(self, headers: dict[str, str]) -> None:
+        status = headers.get("Status", "")
+        if status == "100":  # idle heartbeat
+            return
+        cancelled = headers.get("Nats-Pending-Messages")
+        if cancelled is not None:
+            self.pending = max(0, self.pending - int(cancelled))
+        description = headers.get("Description", "")
+        if status == "409" and description.lower() in ("consumer deleted",
+                                                       "consumer is push based"):
+            from amebus.errors import ConfigurationError
+
+            msg = (f"the pull consumer behind {self._next_subject!r} answered 409 "
+                   f"{description!r}; it was deleted or replaced while serving")
+            self.error = ConfigurationError(msg)
+            self._wake()
+            return
+        if status not in ("404", "408") and cancelled is None:
+            log.debug("pull status %s %s", status, description)
+            self.pending = 0  # the request ended; do not wait for it
+        await self.refill()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _watch(self) -> None:
+        """Reissue requests lost to a reconnect, a server restart or an expired request."""
+        while not self.closed:
+            await asyncio.sleep(min(1.0, self._heartbeat / 2))
+            reconnects = self._nc.stats["reconnects"]
+            silent = time.monotonic() - self._last_seen > 2 * self._heartbeat
+            if reconnects != self._reconnects or (silent and self.pending > 0):
+                if self._nc.is_connected:
+                    self._reconnects = reconnects
+                    self._last_seen = time.monotonic()
+                    self.pending = 0
+            if self.pending + len(self.buffer) <= self.limit // 2:
+                await self.refill()

@@ -1,0 +1,345 @@
+"""Declarative routes: ``Route`` and ``Router`` class attributes, compiled by ``ServiceMeta``.
+
+The metaclass walks the MRO, flattens nested routers under their prefixes, checks everything
+and builds a :class:`~amebus.matcher.Matcher` once, when the class is created.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal
+
+from amebus.errors import ConfigurationError, SubjectError
+from amebus.matcher import Matcher
+from amebus.subjects import covers, intersects, join, specificity, validate_pattern
+
+__all__ = ["CompiledRoute", "Route", "Router", "ServiceMeta"]
+
+Takes = Literal["event", "message", "payload"]
+_RESERVED = frozenset({"routes", "resolve", "filter_subjects", "serve", "process"})
+
+
+class Route:
+    """Map a subject pattern to a handler.
+
+    ``Route("order.paid.*", handler)`` calls ``handler`` as it is (a function, or an object with
+    an async ``process`` method). Used as a decorator on a method in a ``Service`` body,
+    ``@Route("order.paid.*")`` calls the method bound to the serving instance. The pattern may
+    be an ``Event`` class: its static ``subject`` or declared ``subject_pattern`` is used.
+
+    Args:
+        pattern: a subject pattern (``*`` one token, ``>`` the rest), or an Event class.
+        handler: the handler; omit it to use the Route as a method decorator.
+        timeout: seconds the handler may run before it is cancelled and retried.
+    """
+
+    __slots__ = ("_attr", "event", "handler", "is_method", "pattern", "timeout", "tokens")
+
+    def __init__(self, pattern: str | type[Any], handler: Any = None, *,
+                 timeout: float | None = None) -> None:
+        self.event: type[Any] | None = None
+        if isinstance(pattern, type):
+            self.event = pattern
+            pattern = _event_pattern_text(pattern)
+        self.tokens = validate_pattern(pattern)
+        self.pattern = pattern
+        self.handler: Any = None
+        self.is_method = False
+        self.timeout = timeout
+        self._attr: str | None = None
+        if timeout is not None and not timeout > 0:
+            msg = f"Route({pattern!r}) timeout={timeout!r}: give a number of seconds above 0"
+            raise ConfigurationError(msg)
+        if handler is not None:
+            self.handler = _check_handler(handler, f"Route({pattern!r})")
+
+    def __call__(self, func: Callable[..., Any]) -> Route:
+        """Decorate a method of a Service body; the class attribute becomes this Route."""
+        if self.handler is not None:
+            msg = (f"Route({self.pattern!r}) already has the handler {self.handler!r}; "
+                   f"use either Route(pattern, handler) or @Route(pattern), not both")
+            raise ConfigurationError(msg)
+        if not inspect.isfunction(func):
+            msg = (f"@Route({self.pattern!r}) decorates {func!r}, which is not a function; "
+                   f"decorate a plain (async) method, or pass the object as Route(pattern, obj)")
+            raise ConfigurationError(msg)
+        self.handler = func
+        self.is_method = True
+        return self
+
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> Any:
+        """On an instance, a method route reads as the bound method (handy in unit tests)."""
+        if instance is None or not self.is_method:
+            return self
+        return self.handler.__get__(instance, owner)
+
+    def __repr__(self) -> str:
+        return f"Route({self.pattern!r}, {_describe(self.handler)})"
+
+
+class Router:
+    """Nest routes, routers and mounted Service classes under a subject prefix.
+
+    >>> order = Router("order", paid=Route("paid", print), cancelled=Route("cancelled", print))
+
+    The prefix may hold ``*`` but not ``>``. ``Router("", ...)`` groups without a prefix.
+    A Router may be mounted in several services and under several prefixes.
+    """
+
+    __slots__ = ("members", "prefix", "tokens")
+
+    def __init__(self, prefix: str, /, **members: Route | Router | type[Any]) -> None:
+        self.prefix = prefix
+        self.tokens = validate_pattern(prefix, allow_tail=False) if prefix else ()
+        for key, member in members.items():
+            if not isinstance(member, (Route, Router, ServiceMeta)):
+                msg = (f"Router({prefix!r}) member {key}={member!r} is not a Route, Router or "
+                       f"Service class; wrap a handler as {key}=Route('pattern', handler)")
+                raise ConfigurationError(msg)
+        self.members: Mapping[str, Route | Router | type[Any]] = dict(members)
+
+    def __repr__(self) -> str:
+        return f"Router({self.prefix!r}, {', '.join(self.members)})"
+
+
+class CompiledRoute:
+    """One route of a compiled service: full pattern, attribute path and how to call it.
+
+    Attributes:
+        pattern: the full pattern, router prefixes joined (``order.paid.*``).
+        name: the attribute path (``order.paid``).
+        handler: the handler as declared (a function, a method, or a processor object).
+        takes: what the first parameter receives: ``"event"``, ``"message"`` or ``"payload"``.
+        event: the Event class the payload decodes into, when ``takes == "event"``.
+        with_message: the handler takes the raw message as a second argument.
+    """
+
+    __slots__ = ("event", "handler", "is_method", "name", "pattern", "route", "takes",
+                 "timeout", "tokens", "with_message")
+
+    def __init__(self, route: Route, tokens: tuple[str, ...], name: str,
+                 localns: Mapping[str, Any] | None = None) -> None:
+        self.route = route
+        self.tokens = tokens
+        self.pattern = ".".join(tokens)
+        self.name = name
+        self.handler = route.handler
+        self.is_method = route.is_method
+        self.timeout = route.timeout
+        self.takes, self.event, self.with_message = _signature(route, self.pattern, name,
+                                                               localns or {})
+
+    def __repr__(self) -> str:
+        return f"<route {self.name} {self.pattern!r} -> {_describe(self.handler)}>"
+
+
+class ServiceMeta(type):
+    """Collects Route and Router attributes along the MRO and compiles them into a matcher.
+
+    A subclass inherits routes, overrides one by redefining its attribute name and drops one
+    by setting it to ``None``. The library's own ``Service`` base compiles to no routes.
+    """
+
+    routes: tuple[CompiledRoute, ...]
+    filter_subjects: tuple[str, ...]
+    _matcher: Matcher[CompiledRoute]
+
+    def __new__(mcs, name: str, bases: tuple[type, ...], namespace: dict[str, Any],
+                **kwargs: Any) -> ServiceMeta:
+        for attr in _RESERVED & namespace.keys():
+            if isinstance(namespace[attr], (Route, Router)):
+                msg = (f"{name}.{attr} is a reserved Service name; give the route another "
+                       f"attribute name")
+                raise ConfigurationError(msg)
+        _bind_names(name, namespace)
+        localns = sys._getframe(1).f_locals  # the scope of the class statement, for hints
+        cls = super().__new__(mcs, name, bases, namespace, **kwargs)
+        declared: dict[str, Route | Router] = {}
+        for klass in reversed(cls.__mro__):
+            for attr, value in vars(klass).items():
+                if isinstance(value, (Route, Router)):
+                    declared[attr] = value
+                elif value is None:
+                    declared.pop(attr, None)
+        compiled = _compile(name, declared, localns)
+        cls.routes = tuple(sorted(compiled, key=lambda r: (specificity(r.tokens), r.tokens)))
+        cls._matcher = Matcher((r.tokens, r) for r in compiled)
+        cls.filter_subjects = _filter_subjects(r.tokens for r in compiled)
+        return cls
+
+    def resolve(cls, subject: str) -> CompiledRoute | None:
+        """Return the route that handles ``subject`` (the most specific match), or None."""
+        return cls._matcher.match(subject)
+
+
+def _bind_names(owner: str, namespace: dict[str, Any]) -> None:
+    seen: dict[int, str] = {}
+    for attr, value in namespace.items():
+        if not isinstance(value, Route):
+            continue
+        if id(value) in seen or (value._attr is not None and value._attr != attr):
+            other = seen.get(id(value), value._attr)
+            msg = (f"{owner}: the same {value!r} is bound as both {other!r} and {attr!r}; "
+                   f"create one Route object per attribute")
+            raise ConfigurationError(msg)
+        if value.handler is None:
+            msg = (f"{owner}.{attr} = {value!r} has no handler; pass one as "
+                   f"Route(pattern, handler) or use @Route(pattern) on a method")
+            raise ConfigurationError(msg)
+        seen[id(value)] = attr
+        value._attr = attr
+
+
+def _flatten(prefix: tuple[str, ...], name: str, member: Route | Router | type[Any]
+             ) -> Iterator[tuple[tuple[str, ...], str, Route]]:
+    if isinstance(member, Route):
+        if member.handler is None:
+            msg = f"route {name} = {member!r} has no handler; give it one"
+            raise ConfigurationError(msg)
+        yield prefix + member.tokens, name, member
+    elif isinstance(member, Router):
+        for key, child in member.members.items():
+            yield from _flatten(prefix + member.tokens, f"{name}.{key}", child)
+    else:
+        for route in member.routes:
+            yield prefix + route.tokens, f"{name}.{route.name}", route.route
+
+
+def _compile(owner: str, declared: Mapping[str, Route | Router], localns: Mapping[str, Any]
+             ) -> list[CompiledRoute]:
+    by_pattern: dict[tuple[str, ...], CompiledRoute] = {}
+    for attr, member in declared.items():
+        for tokens, name, route in _flatten((), attr, member):
+            if tokens[-1:] == (">",) and ">" in tokens[:-1]:
+                validate_pattern(join(*tokens))  # raises with the full pattern quoted
+            other = by_pattern.get(tokens)
+            if other is not None:
+                msg = (f"{owner}: routes {other.name!r} and {name!r} both have the pattern "
+                       f"{other.pattern!r}; every pattern needs exactly one route: remove one, "
+                       f"or drop the inherited one with `{other.name.split('.')[0]} = None`")
+                raise ConfigurationError(msg)
+            by_pattern[tokens] = CompiledRoute(route, tokens, name, localns)
+    return list(by_pattern.values())
+
+
+def _filter_subjects(patterns: Iterator[tuple[str, ...]]) -> tuple[str, ...]:
+    """The patterns that no other pattern covers: the server refuses overlapping filters."""
+    unique = set(patterns)
+    kept = [p for p in unique if not any(q != p and covers(q, p) for q in unique)]
+    return tuple(sorted(".".join(p) for p in kept))
+
+
+# -- handlers -------------------------------------------------------------------------------
+
+def _check_handler(handler: Any, where: str) -> Any:
+    if callable(handler) and not isinstance(handler, type):
+        return handler
+    if callable(getattr(handler, "process", None)):
+        return handler
+    msg = (f"{where}: handler {handler!r} is not callable and has no process() method; pass "
+           f"a function, an async function, or an object with `async def process(self, input)`")
+    raise ConfigurationError(msg)
+
+
+def _callable_of(route: Route) -> Callable[..., Any]:
+    handler = route.handler
+    if not callable(handler) or (not inspect.isroutine(handler) and hasattr(handler, "process")):
+        return typing.cast(Callable[..., Any], handler.process)
+    return typing.cast(Callable[..., Any], handler)
+
+
+def _signature(route: Route, pattern: str, name: str, localns: Mapping[str, Any]
+               ) -> tuple[Takes, type[Any] | None, bool]:
+    """Decide once what a handler receives, from its parameters' annotations."""
+    from amebus.events import event_pattern, is_event_class
+
+    func = _callable_of(route)
+    where = f"route {name} ({pattern!r}) handler {_describe(route.handler)}"
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature: give them the message
+        return "message", None, False
+    if route.is_method and params:
+        params = params[1:]  # self
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    if not positional and not any(p.kind is p.VAR_POSITIONAL for p in params):
+        msg = f"{where} takes no argument; give it one parameter for the message or event"
+        raise ConfigurationError(msg)
+    if len(required) > 2:
+        msg = (f"{where} requires {len(required)} arguments; a handler takes the event (or "
+               f"message, or payload bytes) and optionally the raw message")
+        raise ConfigurationError(msg)
+    hints = _hints(func, where, localns)
+    first = hints.get(positional[0].name) if positional else None
+    takes: Takes
+    event: type[Any] | None = route.event
+    if first is None or first is Any:
+        takes = "event" if event is not None else "message"
+    elif is_event_class(first):
+        takes, event = "event", first
+        if route.event is not None and route.event is not first:
+            msg = (f"{where} expects {first.__qualname__} but the route is declared for "
+                   f"{route.event.__qualname__}; make them the same class")
+            raise ConfigurationError(msg)
+    elif first is bytes:
+        takes = "payload"
+    elif _is_nats_msg(first):
+        takes = "message"
+    else:
+        msg = (f"{where}: first parameter {positional[0].name!r} is annotated {first!r}; "
+               f"annotate it with an Event subclass, bytes, or nats.aio.msg.Msg")
+        raise ConfigurationError(msg)
+    if event is not None:
+        expected = event_pattern(event)
+        if expected is not None and not intersects(expected, validate_pattern(pattern)):
+            msg = (f"{where} decodes {event.__qualname__}, whose subjects follow "
+                   f"{'.'.join(expected)!r}, but the route's pattern {pattern!r} can never "
+                   f"match them; fix the route's pattern or the event's subject")
+            raise ConfigurationError(msg)
+    with_message = len(required) == 2
+    if with_message:
+        second = hints.get(required[1].name)
+        if second is not None and second is not Any and not _is_nats_msg(second):
+            msg = (f"{where}: second parameter {required[1].name!r} is annotated {second!r}; "
+                   f"the second argument is the raw message (nats.aio.msg.Msg)")
+            raise ConfigurationError(msg)
+    return takes, event, with_message
+
+
+def _hints(func: Callable[..., Any], where: str, localns: Mapping[str, Any]) -> dict[str, Any]:
+    target = getattr(func, "__func__", func)
+    try:
+        return typing.get_type_hints(target, localns=dict(localns))
+    except Exception as exc:
+        msg = (f"{where}: its annotations cannot be resolved ({exc}); import the annotated "
+               f"classes at module level, before the Service class is defined")
+        raise ConfigurationError(msg) from exc
+
+
+def _is_nats_msg(annotation: Any) -> bool:
+    return (isinstance(annotation, type) and annotation.__name__ == "Msg"
+            and annotation.__module__ == "nats.aio.msg")
+
+
+def _event_pattern_text(event: type[Any]) -> str:
+    from amebus.events import event_pattern, is_event_class
+
+    if not is_event_class(event):
+        msg = (f"Route({event!r}): a class pattern must be an amebus.Event subclass; "
+               f"pass a subject pattern string instead")
+        raise ConfigurationError(msg)
+    tokens = event_pattern(event)
+    if tokens is None:
+        msg = (f"Route({event.__qualname__}): the event computes its subject and declares no "
+               f"subject_pattern; add `subject_pattern = 'order.paid.*'` to the event class, "
+               f"or pass the pattern: Route('order.paid.*', handler)")
+        raise SubjectError(msg)
+    return ".".join(tokens)
+
+
+def _describe(handler: Any) -> str:
+    return str(getattr(handler, "__qualname__", None) or type(handler).__qualname__)

@@ -1,0 +1,289 @@
+"""``Service``: declare routes and configuration on a class, then ``await Service().serve(js)``.
+
+``serve`` binds the durable pull consumer (creating the stream and consumer where asked),
+pulls through :class:`~amebus.pull.Puller` and settles through
+:class:`~amebus.consumer.JetStreamConsumer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+
+from amebus.codec import Codec, default_codec
+from amebus.consumer import Handler, JetStreamConsumer, RouteStats, Settings
+from amebus.errors import ConfigurationError, NoRouteError
+from amebus.matcher import Matcher
+from amebus.pull import Puller
+from amebus.routing import CompiledRoute, ServiceMeta
+from amebus.tracing import Decision, ErrorTracer
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.js.client import JetStreamContext
+
+__all__ = ["Service", "ServiceStats"]
+
+log = logging.getLogger(__name__)
+
+_SETTINGS = tuple(f.name for f in attrs.fields(Settings))
+_SERVE_OPTIONS = ("stream", "durable", "stream_subjects", "max_ack_pending", "batch",
+                  *_SETTINGS)
+
+
+@attrs.define
+class ServiceStats:
+    """Live counters of a serving service (read them while it runs).
+
+    Attributes:
+        routes: per-route counters by route name.
+        received: messages pulled from the server.
+        in_flight: handlers running now.
+        buffered: messages pulled and not yet started.
+    """
+
+    routes: dict[str, RouteStats] = attrs.Factory(dict)
+    received: int = 0
+    in_flight: int = 0
+    buffered: int = 0
+
+    def total(self) -> RouteStats:
+        """The sum of every route's counters."""
+        total = RouteStats()
+        for stats in self.routes.values():
+            for field in attrs.fields(RouteStats):
+                setattr(total, field.name,
+                        getattr(total, field.name) + getattr(stats, field.name))
+        return total
+
+
+class _Bound:
+    """A compiled route bound to a service instance: decodes, then calls its handler."""
+
+    __slots__ = ("_call", "_decode", "_is_async", "_takes", "_with_message", "name", "route",
+                 "stats", "timeout")
+
+    def __init__(self, route: CompiledRoute, service: Service, codec: Codec,
+                 default_timeout: float | None) -> None:
+        self.route = route
+        self.name = route.name
+        self.stats = RouteStats()
+        self.timeout = route.timeout if route.timeout is not None else default_timeout
+        handler = route.handler
+        if route.is_method:
+            call = handler.__get__(service, type(service))
+        elif not inspect.isroutine(handler) and callable(getattr(handler, "process", None)):
+            call = handler.process
+        else:
+            call = handler
+        self._call: Callable[..., Any] = call
+        self._is_async = inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(
+            getattr(call, "__call__", None))
+        self._takes = route.takes
+        self._with_message = route.with_message
+        self._decode: Callable[[bytes], Any] | None = (
+            codec.decoder(route.event) if route.event is not None else None)
+
+    async def __call__(self, msg: Msg) -> Any:
+        if self._decode is not None and self._takes == "event":
+            arg: Any = self._decode(msg.data)
+        elif self._takes == "payload":
+            arg = msg.data
+        else:
+            arg = msg
+        result = self._call(arg, msg) if self._with_message else self._call(arg)
+        if self._is_async or inspect.isawaitable(result):
+            return await result
+        return result
+
+
+class Service(metaclass=ServiceMeta):
+    """Base class of a routed JetStream service.
+
+    Declare ``Route`` and ``Router`` attributes and configuration as class attributes; every
+    configuration name can be overridden per call as a keyword of :meth:`serve`.
+
+    Configuration (class attributes):
+        stream: the stream to consume (required).
+        durable: the durable pull consumer's name (default: the class name).
+        stream_subjects: if set, the stream is created with these subjects when missing, or
+            updated to include them.
+        ack_wait: seconds the server waits for a settlement before redelivering (30).
+        max_deliver: deliveries before a failing message is termed (5; 0 or -1: unlimited).
+        backoff: nak delays in seconds, by delivery number ((1, 5, 30, 120)).
+        max_ack_pending: unsettled messages the server allows in flight (1000).
+        concurrency: handlers run at once (1).
+        timeout: seconds a handler may run before it is cancelled and retried (300; None:
+            no limit). ``Route(..., timeout=)`` overrides it per route.
+        dead_letter_subject: where a copy of each termed failing message is published.
+        shutdown_timeout: seconds running handlers get to finish when serving stops (10).
+        batch: the most messages held by the pull engine (256).
+        converter: a cattrs converter for this service's events (default: amebus's own).
+        error_tracer: receives every failure (default: ``LoggingTracer``).
+    """
+
+    stream: ClassVar[str | None] = None
+    durable: ClassVar[str | None] = None
+    stream_subjects: ClassVar[tuple[str, ...] | None] = None
+    ack_wait: ClassVar[float] = 30.0
+    max_deliver: ClassVar[int] = 5
+    backoff: ClassVar[tuple[float, ...]] = (1.0, 5.0, 30.0, 120.0)
+    max_ack_pending: ClassVar[int] = 1000
+    concurrency: ClassVar[int] = 1
+    timeout: ClassVar[float | None] = 300.0
+    dead_letter_subject: ClassVar[str | None] = None
+    shutdown_timeout: ClassVar[float] = 10.0
+    batch: ClassVar[int] = 256
+    converter: ClassVar[Any] = None
+    error_tracer: ClassVar[ErrorTracer | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _settings(cls, {})  # configuration mistakes fail at class creation
+
+    # -- the Processor protocol --------------------------------------------------------------
+
+    async def process(self, input: Msg, /) -> Any:  # noqa: A002 - the seed's name
+        """Route one raw message to its handler and return the handler's result."""
+        handler = self._amebus_resolver()(input.subject)
+        if handler is None:
+            msg = f"no route of {type(self).__name__} handles subject {input.subject!r}"
+            raise NoRouteError(msg)
+        return await handler(input)
+
+    def _amebus_resolver(self) -> Callable[[str], Handler | None]:
+        bound = self.__dict__.get("_amebus_bound")
+        if bound is None:
+            cls = type(self)
+            codec = Codec(cls.converter) if cls.converter is not None else default_codec
+            handlers = {r.name: _Bound(r, self, codec, cls.timeout) for r in cls.routes}
+            matcher = Matcher((h.route.tokens, h) for h in handlers.values())
+            bound = self.__dict__["_amebus_bound"] = (matcher.match, handlers)
+        return bound[0]  # type: ignore[no-any-return]
+
+    @property
+    def _amebus_handlers(self) -> Mapping[str, _Bound]:
+        self._amebus_resolver()
+        return self.__dict__["_amebus_bound"][1]  # type: ignore[no-any-return]
+
+    @property
+    def stats(self) -> ServiceStats:
+        """Live counters (per route: handled, acked, naked, termed, dead-lettered, time)."""
+        stats = self.__dict__.get("_amebus_stats")
+        if stats is None:
+            routes = {name: h.stats for name, h in self._amebus_handlers.items()}
+            stats = self.__dict__["_amebus_stats"] = ServiceStats(routes=routes)
+        return stats  # type: ignore[no-any-return]
+
+    # -- serving ----------------------------------------------------------------------------
+
+    async def serve(self, js: JetStreamContext | Client, *, ready: asyncio.Event | None = None,
+                    **overrides: Any) -> None:
+        """Consume the durable consumer until cancelled; cancel the task to stop.
+
+        Args:
+            js: a JetStream context (or the nats-py client) of a connected client. Connect
+                with ``max_reconnect_attempts=-1`` so a server restart never ends serving.
+            ready: set once the consumer is bound and the first pull request is out.
+            overrides: any configuration name of the class (``concurrency=8``, ...).
+
+        Raises:
+            ConfigurationError: the stream is missing, or the consumer exists with settings
+                the server refuses to change.
+            RuntimeError: this instance is already serving.
+        """
+        if self.__dict__.get("_amebus_serving"):
+            msg = (f"this {type(self).__name__} instance is already serving; create another "
+                   f"instance to consume in parallel")
+            raise RuntimeError(msg)
+        self.__dict__["_amebus_serving"] = True
+        try:
+            await self._serve(js, ready, overrides)
+        finally:
+            self.__dict__["_amebus_serving"] = False
+
+    async def _serve(self, js: JetStreamContext | Client, ready: asyncio.Event | None,
+                     overrides: dict[str, Any]) -> None:
+        from amebus.binding import bind_consumer, connection_of
+
+        cls = type(self)
+        settings = _settings(cls, overrides)
+        option = {name: overrides.get(name, getattr(cls, name)) for name in _SERVE_OPTIONS}
+        if not cls.routes:
+            msg = f"{cls.__name__} declares no routes; add Route attributes before serving"
+            raise ConfigurationError(msg)
+        nc, api_prefix = connection_of(js)
+        stream, durable = await bind_consumer(nc.jetstream(), cls, option, api_prefix)
+        tracer = overrides.get("error_tracer", cls.error_tracer)
+        consumer = JetStreamConsumer(self, nc, tracer, settings=settings)
+        puller = Puller(nc, stream, durable, batch=option["batch"], api_prefix=api_prefix)
+        stats = self.stats
+        await puller.start()
+        consumer.on_tick = _Ticker(consumer, puller, stats, settings).tick
+        log.info("%s serving %s on stream %s as durable %s", cls.__name__,
+                 ", ".join(cls.filter_subjects), stream, durable)
+        if ready is not None:
+            ready.set()
+
+        async def stop_pulling() -> None:
+            for msg in await puller.stop():  # pulled but never started: back at once
+                await consumer.settle(msg, Decision.nak(0.0))
+
+        try:
+            await consumer.run_from(puller.next, before_shutdown=stop_pulling)
+        finally:
+            if not puller.closed:
+                with contextlib.suppress(Exception):
+                    await stop_pulling()
+
+
+class _Ticker:
+    """Per watchdog tick: bound the pull engine by throughput, keep buffered messages alive."""
+
+    def __init__(self, consumer: JetStreamConsumer, puller: Puller, stats: ServiceStats,
+                 settings: Settings) -> None:
+        self.consumer, self.puller, self.stats, self.settings = consumer, puller, stats, settings
+        self.handled = 0
+        self.progress_at = time.monotonic()
+
+    def tick(self, elapsed: float) -> None:
+        consumer, puller, settings = self.consumer, self.puller, self.settings
+        done = consumer.handled - self.handled
+        self.handled = consumer.handled
+        self.stats.received = puller.received
+        self.stats.in_flight = consumer.in_flight
+        self.stats.buffered = len(puller.buffer)
+        if puller.buffer and elapsed > 0:  # busy, not starved: hold what ack_wait/4 can start
+            fits = int(done / elapsed * settings.ack_wait / 4)
+            puller.limit = max(2 * settings.concurrency, min(puller.batch, fits))
+        else:
+            puller.limit = puller.batch
+        now = time.monotonic()
+        if puller.buffer and now - self.progress_at >= settings.ack_wait / 3:
+            self.progress_at = now
+            for msg in list(puller.buffer):
+                asyncio.ensure_future(consumer.nc.publish(msg.reply, b"+WPI"))
+        elif not puller.buffer:
+            self.progress_at = now
+
+
+def _settings(cls: type[Service], overrides: Mapping[str, Any]) -> Settings:
+    unknown = set(overrides) - set(_SERVE_OPTIONS) - {"error_tracer"}
+    if unknown:
+        msg = (f"{cls.__name__}.serve() got unknown option(s) {sorted(unknown)}; "
+               f"valid: {', '.join(_SERVE_OPTIONS)}, error_tracer")
+        raise TypeError(msg)
+    values = {name: overrides.get(name, getattr(cls, name)) for name in _SETTINGS}
+    try:
+        return Settings(**values)
+    except (TypeError, ValueError) as exc:
+        msg = f"{cls.__name__}: invalid configuration: {exc}"
+        raise ConfigurationError(msg) from None

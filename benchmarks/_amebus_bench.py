@@ -1,0 +1,95 @@
+"""The amebus row: a Service with the four routes, served until the stream is consumed.
+
+If the runtime (``amebus.Service.serve``) is not there yet the approach raises `Unavailable` and
+the benchmark skips it.
+"""
+
+# No ``from __future__ import annotations`` here on purpose: the event and service classes are
+# built inside a function (each run needs a fresh durable), so handler annotations must be real
+# objects; as strings amebus could not resolve a class local to a function.
+
+import asyncio
+import contextlib
+from typing import Any
+
+import attrs
+import nats
+
+from benchmarks._baselines import Target, Unavailable, Workload
+
+__all__ = ["amebus_serve", "build_service"]
+
+
+def build_service(work: Workload, target: Target) -> Any:
+    """An amebus Service on ``target.stream``/``target.durable`` whose handlers count routes.
+
+    Raises:
+        Unavailable: amebus cannot be imported or has no ``Service.serve`` yet.
+    """
+    try:
+        import amebus
+
+        amebus.Service.serve  # noqa: B018 - probe for the runtime
+        amebus.Event  # noqa: B018
+        amebus.Route  # noqa: B018
+    except (ImportError, AttributeError) as error:
+        msg = f"amebus runtime not available yet ({error})"
+        raise Unavailable(msg) from error
+
+    @attrs.frozen
+    class Order(amebus.Event):
+        subject_pattern = "orders.>"
+
+        order_id: str
+        customer: str
+        amount_cents: int
+        currency: str
+        lines: int
+
+    def counted(route: str) -> None:
+        work.count(route)
+        work.settled(acked=True)  # amebus acks right after the handler returns
+
+    class Orders(amebus.Service):
+        stream = target.stream
+        durable = target.durable
+
+        @amebus.Route("orders.created.*")
+        async def created(self, order: Order) -> None:
+            counted("created")
+
+        @amebus.Route("orders.paid.*")
+        async def paid(self, order: Order) -> None:
+            counted("paid")
+
+        @amebus.Route("orders.cancelled.*")
+        async def cancelled(self, order: Order) -> None:
+            counted("cancelled")
+
+        @amebus.Route("orders.invoice")
+        async def invoice(self, order: Order) -> None:
+            counted("invoice")
+
+    return Orders()
+
+
+async def amebus_serve(work: Workload, target: Target) -> None:
+    """Serve the bench Service until every message is handled, then cancel it."""
+    service = build_service(work, target)
+    nc = await nats.connect(target.url, name="amebus-bench", allow_reconnect=False)
+    ready = asyncio.Event()
+    serving = asyncio.create_task(service.serve(nc.jetstream(), ready=ready))
+    waiting = asyncio.create_task(ready.wait())
+    await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    if serving.done():  # serve() returned or failed before it was ready
+        waiting.cancel()
+        serving.result()
+        msg = "amebus Service.serve() returned before setting ready"
+        raise RuntimeError(msg)
+    target.ready()
+    await work.done.wait()
+    serving.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await serving
+    await nc.flush()
+    await nc.close()

