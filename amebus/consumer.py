@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 class Processor(Protocol):
     """Anything with ``async def process(self, input)``: the seed's Processor."""
 
-    async def process(self, input: Msg, /) -> Any:  # noqa: A002 - the seed's name
+    async def process(self, input: Msg, /) -> Any:
         """Handle one message; raise to fail it, ``Nak``/``Term`` to steer settlement."""
 
 
@@ -134,7 +134,7 @@ class JetStreamConsumer:
         self._slots: list[_Slot] = []
         self._handled_at_tick = 0
         self.handled = 0
-        self.on_tick: Callable[[float], None] | None = None
+        self.on_tick: Callable[[float], Awaitable[None]] | None = None
 
     # -- running --------------------------------------------------------------------------
 
@@ -228,9 +228,7 @@ class JetStreamConsumer:
                 stage = "post-process"
                 events = _events_of(result)
                 if events:
-                    from amebus.events import publish_many
-
-                    await publish_many(self.js, events)
+                    await self.publish_events(events)
             decision = Decision.ack()
         except asyncio.CancelledError:
             if not slot.timed_out:  # shutdown: give it back at once, never ack
@@ -249,7 +247,7 @@ class JetStreamConsumer:
             decision = Decision.nak(delay)
         except Term as term:
             decision = Decision.term(term.reason or "terminated by the handler")
-        except BaseException as exc:  # noqa: BLE001 - every failure is settled, none escapes
+        except BaseException as exc:
             if isinstance(exc, DecodeError | NoRouteError):
                 stage = "pre-process"
             decision = await self._failed(msg, handler, stage, exc)
@@ -263,6 +261,12 @@ class JetStreamConsumer:
             self.handled += 1
         await self.settle(msg, decision, handler)
         return decision
+
+    async def publish_events(self, events: list[Any]) -> None:
+        """Publish a handler's result events, waiting for the stream to store each one."""
+        from amebus.events import publish_many
+
+        await publish_many(self.js, events)
 
     async def _failed(self, msg: Msg, handler: Handler | None, stage: Stage,
                       error: BaseException) -> Decision:
@@ -372,7 +376,7 @@ class JetStreamConsumer:
                     with contextlib.suppress(Exception):
                         await self.nc.publish(msg.reply, b"+WPI")
             if self.on_tick is not None:
-                self.on_tick(now - last)
+                await self.on_tick(now - last)
             last = now
 
     def _owner(self) -> str:

@@ -104,7 +104,7 @@ class BatchPublishError(PublishError):
         self.failures = dict(failures)
 
 
-class Nak(Exception):  # noqa: N818 - a signal, not an error
+class Nak(Exception):
     """Raised by a handler to ask the server to redeliver the message after ``delay`` seconds.
 
     ``delay=None`` uses the service's retry backoff for this delivery; ``delay=0`` redelivers
@@ -116,7 +116,7 @@ class Nak(Exception):  # noqa: N818 - a signal, not an error
         self.delay = delay
 
 
-class Term(Exception):  # noqa: N818 - a signal, not an error
+class Term(Exception):
     """Raised by a handler to stop redelivery of the message for good, with a reason."""
 
     def __init__(self, reason: str = "") -> None:

@@ -81,7 +81,7 @@ class Puller:
                 await self._monitor
         if self._sub is not None and self._nc.is_connected:
             with contextlib.suppress(Exception):
-                await self._sub.drain()  # everything the server sent before UNSUB arrives
+                await self._sub.drain()  # type: ignore[no-untyped-call]  # everything the server sent before UNSUB arrives
         elif self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
@@ -127,7 +127,7 @@ class Puller:
         if headers and not msg.reply and "Status" in headers:
             await self._on_status(headers)
             return
-        self.pending -= 1
+        self.pending = max(0, self.pending - 1)
         self.received += 1
         self.buffer.append(msg)
         self._wake()
@@ -165,10 +165,10 @@ class Puller:
             await asyncio.sleep(min(1.0, self._heartbeat / 2))
             reconnects = self._nc.stats["reconnects"]
             silent = time.monotonic() - self._last_seen > 2 * self._heartbeat
-            if reconnects != self._reconnects or (silent and self.pending > 0):
-                if self._nc.is_connected:
-                    self._reconnects = reconnects
-                    self._last_seen = time.monotonic()
-                    self.pending = 0
+            lost = reconnects != self._reconnects or (silent and self.pending > 0)
+            if lost and self._nc.is_connected:
+                self._reconnects = reconnects
+                self._last_seen = time.monotonic()
+                self.pending = 0
             if self.pending + len(self.buffer) <= self.limit // 2:
                 await self.refill()

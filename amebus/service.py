@@ -86,7 +86,7 @@ class _Bound:
             call = handler
         self._call: Callable[..., Any] = call
         self._is_async = inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(
-            getattr(call, "__call__", None))
+            type(call).__call__)
         self._takes = route.takes
         self._with_message = route.with_message
         self._decode: Callable[[bytes], Any] | None = (
@@ -151,7 +151,7 @@ class Service(metaclass=ServiceMeta):
 
     # -- the Processor protocol --------------------------------------------------------------
 
-    async def process(self, input: Msg, /) -> Any:  # noqa: A002 - the seed's name
+    async def process(self, input: Msg, /) -> Any:
         """Route one raw message to its handler and return the handler's result."""
         handler = self._amebus_resolver()(input.subject)
         if handler is None:
@@ -167,12 +167,13 @@ class Service(metaclass=ServiceMeta):
             handlers = {r.name: _Bound(r, self, codec, cls.timeout) for r in cls.routes}
             matcher = Matcher((h.route.tokens, h) for h in handlers.values())
             bound = self.__dict__["_amebus_bound"] = (matcher.match, handlers)
-        return bound[0]  # type: ignore[no-any-return]
+        return bound[0]
 
     @property
     def _amebus_handlers(self) -> Mapping[str, _Bound]:
         self._amebus_resolver()
-        return self.__dict__["_amebus_bound"][1]  # type: ignore[no-any-return]
+        handlers: Mapping[str, _Bound] = self.__dict__["_amebus_bound"][1]
+        return handlers
 
     @property
     def stats(self) -> ServiceStats:
@@ -181,7 +182,7 @@ class Service(metaclass=ServiceMeta):
         if stats is None:
             routes = {name: h.stats for name, h in self._amebus_handlers.items()}
             stats = self.__dict__["_amebus_stats"] = ServiceStats(routes=routes)
-        return stats  # type: ignore[no-any-return]
+        return stats
 
     # -- serving ----------------------------------------------------------------------------
 
@@ -254,7 +255,7 @@ class _Ticker:
         self.handled = 0
         self.progress_at = time.monotonic()
 
-    def tick(self, elapsed: float) -> None:
+    async def tick(self, elapsed: float) -> None:
         consumer, puller, settings = self.consumer, self.puller, self.settings
         done = consumer.handled - self.handled
         self.handled = consumer.handled
@@ -270,7 +271,8 @@ class _Ticker:
         if puller.buffer and now - self.progress_at >= settings.ack_wait / 3:
             self.progress_at = now
             for msg in list(puller.buffer):
-                asyncio.ensure_future(consumer.nc.publish(msg.reply, b"+WPI"))
+                with contextlib.suppress(Exception):
+                    await consumer.nc.publish(msg.reply, b"+WPI")
         elif not puller.buffer:
             self.progress_at = now
 

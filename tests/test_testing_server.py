@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import nats
-import psutil
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -24,10 +23,12 @@ async def _quiet(_: Exception) -> None:
 
 
 def _gone(pid: int) -> bool:
+    """True once the process has exited and been reaped."""
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return True
+    return False
 
 
 class TestFindServerBinary:
@@ -93,6 +94,21 @@ class TestLifecycle:
             assert server.store_dir == tmp_path / "js"
         assert (tmp_path / "js" / "jetstream").is_dir()
 
+    def test_picked_port_taken_before_start_is_picked_again(self) -> None:
+        server = NatsServer()
+        with socket.create_server(("127.0.0.1", server.port)):
+            taken = server.port
+            server.start_sync()
+        assert server.port != taken
+        server.stop_sync()
+
+    def test_given_port_taken_is_an_error(self) -> None:
+        with NatsServer() as first:
+            second = NatsServer(port=first.port)
+            with pytest.raises(RuntimeError, match="address already in use"):
+                second.start_sync()
+            second.stop_sync()
+
     def test_bad_config_fails_fast_with_the_log(self) -> None:
         server = NatsServer(config="this is { not a config")
         with pytest.raises(RuntimeError, match=r"exited with code \d+ while starting"):
@@ -138,7 +154,9 @@ class TestJetStream:
         assert nc.connected_url is not None
         assert nc.connected_url.port == nats_server.port
 
-    async def test_kill_and_restart_keep_the_file_store(self, nats_server_fresh: NatsServer) -> None:
+    async def test_kill_and_restart_keep_the_file_store(
+        self, nats_server_fresh: NatsServer
+    ) -> None:
         server = nats_server_fresh
         port, store = server.port, server.store_dir
         nc = await nats.connect(server.url)

@@ -1,7 +1,11 @@
-"""Test support for code built on amebus: real nats-server processes and pytest fixtures."""
+"""Test support for code built on amebus: real nats-server processes, pytest fixtures, and an
+in-memory harness that settles messages exactly as the real consumer does.
+"""
 
 from __future__ import annotations
 
-from amebus.testing.server import NatsCluster, NatsServer, find_server_binary
+from amebus.testing.cluster import NatsCluster
+from amebus.testing.harness import Outcome, ServiceHarness
+from amebus.testing.server import NatsServer, find_server_binary
 
-__all__ = ["NatsCluster", "NatsServer", "find_server_binary"]
+__all__ = ["NatsCluster", "NatsServer", "Outcome", "ServiceHarness", "find_server_binary"]

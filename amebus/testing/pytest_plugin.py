@@ -26,7 +26,8 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
-from amebus.testing.server import NatsCluster, NatsServer
+from amebus.testing.cluster import NatsCluster
+from amebus.testing.server import NatsServer
 
 __all__ = [
     "js",

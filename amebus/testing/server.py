@@ -1,6 +1,6 @@
-"""Real nats-server processes on 127.0.0.1 for tests: one server, or a small JetStream cluster.
+"""A real nats-server process on 127.0.0.1 for tests, with JetStream on a file store.
 
-Drive them from async code (``await server.start()``) or plain code (``server.start_sync()``).
+Drive it from async code (``await server.start()``) or plain code (``server.start_sync()``).
 """
 
 from __future__ import annotations
@@ -21,12 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from nats.aio.client import Client
-from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
-
-__all__ = ["NatsCluster", "NatsServer", "find_server_binary"]
+__all__ = ["ENV_VAR", "HOST", "NatsServer", "find_server_binary", "free_ports"]
 
 HOST = "127.0.0.1"
 ENV_VAR = "AMEBUS_NATS_SERVER"
@@ -59,8 +54,8 @@ def find_server_binary() -> Path:
     raise FileNotFoundError(msg)
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ask the OS for ``count`` distinct free TCP ports on 127.0.0.1."""
+def free_ports(count: int) -> list[int]:
+    """Ask the OS for ``count`` distinct free TCP ports on 127.0.0.1 (free now, not reserved)."""
     with contextlib.ExitStack() as stack:
         socks = [stack.enter_context(socket.socket()) for _ in range(count)]
         for sock in socks:
@@ -121,7 +116,7 @@ class NatsServer:
         name: str | None = None,
     ) -> None:
         self._pick_port = port is None  # until the first start, a taken port may be re-picked
-        self._port, self._monitor_port = _free_ports(2)
+        self._port, self._monitor_port = free_ports(2)
         if port is not None:
             self._port = port
         self._name = name or f"amebus-{self._port}"
@@ -230,13 +225,13 @@ class NatsServer:
             if code is not None:
                 msg = (
                     f"nats-server {self._name!r} exited with code {code} while starting; "
-                    f"check the config; log tail:\n{self.log_tail()}"
+                    f"check the config; log tail:\n{self.log_tail(15)}"
                 )
                 raise RuntimeError(msg)
             if time.monotonic() > deadline:
                 msg = (
                     f"nats-server {self._name!r} at {self.url} was not ready after {timeout}s; "
-                    f"pass a larger timeout or read the log tail:\n{self.log_tail()}"
+                    f"pass a larger timeout or read the log tail:\n{self.log_tail(15)}"
                 )
                 self.kill_sync()
                 raise TimeoutError(msg)
@@ -274,9 +269,11 @@ class NatsServer:
             try:
                 self._wait_ready(deadline, timeout)
             except RuntimeError:
-                if attempt == 2 or "address already in use" not in self.log_tail(5):
+                tail = self.log_tail(3)
+                fixed_port_taken = f"{HOST}:{self._port}: bind" in tail and not self._pick_port
+                if attempt == 2 or "address already in use" not in tail or fixed_port_taken:
                     raise
-                port, self._monitor_port = _free_ports(2)
+                port, self._monitor_port = free_ports(2)
                 self._port = port if self._pick_port else self._port
             else:
                 self._pick_port = False
@@ -309,128 +306,6 @@ class NatsServer:
 
     async def restart(self, timeout: float = 10.0) -> None:
         await asyncio.to_thread(self.restart_sync, timeout)
-
-    def __enter__(self) -> Self:
-        self.start_sync()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop_sync()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-
-class NatsCluster:
-    """``size`` clustered nats-servers on 127.0.0.1 with JetStream, named ``<name>-<i>``.
-
-    ``start()`` returns once every server is healthy, which for a cluster means the JetStream
-    meta leader is elected and every server is current with it.
-    """
-
-    def __init__(
-        self,
-        size: int = 3,
-        *,
-        name: str = "amebus",
-        config: str | None = None,
-        debug: bool = False,
-    ) -> None:
-        if size < 2:
-            msg = f"a NatsCluster needs size >= 2, got size={size!r}; use NatsServer for one"
-            raise ValueError(msg)
-        ports = _free_ports(2 * size)
-        clients, routes = ports[:size], ports[size:]
-        route_urls = ", ".join(_quote(f"nats-route://{HOST}:{p}") for p in routes)
-        self._servers = [
-            NatsServer(
-                port=client,
-                name=f"{name}-{i}",
-                debug=debug,
-                config=(
-                    f"cluster {{\n  name: {_quote(name)}\n  listen: {_quote(f'{HOST}:{route}')}\n"
-                    f"  routes: [{route_urls}]\n}}\n{config or ''}"
-                ),
-            )
-            for i, (client, route) in enumerate(zip(clients, routes, strict=True))
-        ]
-
-    def __repr__(self) -> str:
-        return f"NatsCluster({self._servers!r})"
-
-    @property
-    def servers(self) -> list[NatsServer]:
-        return list(self._servers)
-
-    @property
-    def urls(self) -> list[str]:
-        return [server.url for server in self._servers]
-
-    def start_sync(self, timeout: float = 20.0) -> None:
-        """Spawn every server, then block until the JetStream meta leader is elected."""
-        deadline = time.monotonic() + timeout
-        try:
-            for server in self._servers:
-                server._spawn()
-            for server in self._servers:
-                server._wait_ready(deadline, timeout)
-        except BaseException:
-            self.stop_sync()
-            raise
-
-    def stop_sync(self, timeout: float = 5.0) -> None:
-        for server in self._servers:  # signal all first: they shut down in parallel
-            if server._proc is not None and server._proc.poll() is None:
-                server._proc.terminate()
-        for server in self._servers:
-            server.stop_sync(timeout)
-
-    async def start(self, timeout: float = 20.0) -> None:
-        await asyncio.to_thread(self.start_sync, timeout)
-
-    async def stop(self, timeout: float = 5.0) -> None:
-        await asyncio.to_thread(self.stop_sync, timeout)
-
-    async def stream_leader(
-        self, js_or_nc: JetStreamContext | Client, stream: str, *, timeout: float = 10.0
-    ) -> NatsServer:
-        """The running server that leads ``stream``, waiting out a leader election."""
-        js = js_or_nc.jetstream() if isinstance(js_or_nc, Client) else js_or_nc
-        deadline = time.monotonic() + timeout
-        seen: object = None
-        while True:
-            try:  # a stream without a leader does not answer: ask briefly, often
-                info = await asyncio.wait_for(js.stream_info(stream), 0.5)
-            except NotFoundError:
-                raise
-            except (NatsError, TimeoutError) as exc:
-                seen = exc
-            else:
-                seen = info.cluster.leader if info.cluster else None
-                for server in self._servers:
-                    if server.name == seen and server.running:
-                        return server
-            if time.monotonic() > deadline:
-                msg = (
-                    f"no running server of {self!r} leads stream {stream!r} after {timeout}s "
-                    f"(last answer: {seen!r}); is the stream replicated in this cluster?"
-                )
-                raise TimeoutError(msg)
-            await asyncio.sleep(0.05)
 
     def __enter__(self) -> Self:
         self.start_sync()

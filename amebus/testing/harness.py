@@ -1,0 +1,181 @@
+"""Unit-test a service without a server: feed a message, get the settlement it would receive.
+
+The message runs through the real :class:`~amebus.consumer.JetStreamConsumer` (the same
+routing, decoding, timeouts, tracing and settlement code); only the connection is a recorder,
+and the decision is read back from the exact bytes that would go to the server.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from nats.aio.msg import Msg
+
+from amebus.consumer import JetStreamConsumer, Settings
+from amebus.events import Event, _prepare, subject_of
+from amebus.service import Service, _settings
+from amebus.tracing import Decision, ErrorTracer, Failure
+
+__all__ = ["Outcome", "ServiceHarness"]
+
+
+@attrs.frozen
+class Outcome:
+    """What happened to one fed message.
+
+    Attributes:
+        decision: the settlement sent (``ack``, ``nak`` with ``delay``, ``term`` with ``reason``),
+            parsed from the bytes sent on the reply subject; None if the handler settled the
+            message itself.
+        route: the name of the route that handled it (None: no route).
+        published: events the handler returned, which the real consumer would publish.
+        dead_letters: (subject, payload, headers) copies published to the dead-letter subject.
+        failures: what the error tracer received.
+        progress: how many in-progress signals were sent while the handler ran.
+    """
+
+    decision: Decision | None
+    route: str | None
+    published: tuple[Any, ...]
+    dead_letters: tuple[tuple[str, bytes, dict[str, str]], ...]
+    failures: tuple[Failure, ...]
+    progress: int
+
+
+class _Wire:
+    """Stands in for the nats-py client and its JetStream context: records what is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+        self.stored: list[tuple[str, bytes, dict[str, str]]] = []
+
+    def jetstream(self) -> _Wire:
+        return self
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        reply: str = "",
+        headers: dict[str, str] | None = None,
+        **_: Any,
+    ) -> None:
+        if subject.startswith("$JS.ACK."):
+            self.sent.append((subject, payload))
+        else:
+            self.stored.append((subject, payload, dict(headers or {})))
+
+
+class _Recorder:
+    def __init__(self, tracer: ErrorTracer | None) -> None:
+        self.failures: list[Failure] = []
+        self.tracer = tracer
+
+    def trace(self, failure: Failure) -> Decision | None:
+        self.failures.append(failure)
+        return self.tracer.trace(failure) if self.tracer is not None else None
+
+
+class _Consumer(JetStreamConsumer):
+    published: list[Any]
+
+    async def publish_events(self, events: list[Any]) -> None:
+        for event in events:
+            subject_of(event)  # an invalid subject fails here exactly as it would for real
+        self.published.extend(events)
+
+
+class ServiceHarness:
+    """Feed messages to a service in memory and see how each would be settled.
+
+    >>> harness = ServiceHarness(Orders(db))                       # doctest: +SKIP
+    >>> outcome = await harness.feed(OrderPaid(order_id="1"))      # doctest: +SKIP
+    >>> outcome.decision                                           # doctest: +SKIP
+    Decision(action='ack', delay=0.0, reason='', dead_letter=False)
+
+    Args:
+        service: the service instance under test.
+        error_tracer: also receives every failure (the harness records them regardless).
+        overrides: configuration overrides, as for ``serve`` (``max_deliver=3``, ...).
+    """
+
+    def __init__(
+        self, service: Service, *, error_tracer: ErrorTracer | None = None, **overrides: Any
+    ) -> None:
+        self.service = service
+        self.settings: Settings = _settings(type(service), overrides)
+        self._tracer = error_tracer or type(service).error_tracer
+        self._sequence = 0
+
+    async def feed(
+        self,
+        message: Event | str,
+        payload: bytes | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        deliveries: int = 1,
+    ) -> Outcome:
+        """Run one message (an Event, or a subject and its payload bytes) and settle it.
+
+        ``deliveries`` is the delivery count the server would report (1 the first time), so
+        the last-delivery rules can be exercised directly.
+        """
+        if isinstance(message, Event):  # exactly what Event.publish would send
+            subject, payload, headers = _prepare(message, None, headers)
+        else:
+            subject = message
+        self._sequence += 1
+        wire = _Wire()
+        recorder = _Recorder(self._tracer)
+        consumer = _Consumer(
+            self.service,
+            wire,
+            recorder,  # type: ignore[arg-type]
+            settings=self.settings,
+        )
+        consumer.published = []
+        reply = (
+            f"$JS.ACK.HARNESS.{type(self.service).__name__}.{deliveries}."
+            f"{self._sequence}.{self._sequence}.{time.time_ns()}.0"
+        )
+        msg = Msg(
+            _client=wire,
+            subject=subject,
+            reply=reply,  # type: ignore[arg-type]
+            data=payload or b"",
+            headers=dict(headers) if headers else None,
+        )
+        queue = [msg]
+
+        async def take() -> Msg | None:
+            return queue.pop() if queue else None
+
+        await consumer.run_from(take)
+        settlements = [data for _, data in wire.sent if data != b"+WPI"]
+        handler = consumer._resolve(subject)
+        return Outcome(
+            decision=_parse(settlements[-1]) if settlements else None,
+            route=handler.name if handler is not None else None,
+            published=tuple(consumer.published),
+            dead_letters=tuple(wire.stored),
+            failures=tuple(recorder.failures),
+            progress=sum(1 for _, data in wire.sent if data == b"+WPI"),
+        )
+
+
+def _parse(data: bytes) -> Decision:
+    """The decision a settlement payload asks of the server."""
+    verb, _, rest = data.partition(b" ")
+    if verb == b"+ACK":
+        return Decision.ack()
+    if verb == b"-NAK":
+        delay = json.loads(rest)["delay"] / 1e9 if rest else 0.0
+        return Decision.nak(delay)
+    if verb == b"+TERM":
+        return Decision.term(rest.decode())
+    msg = f"unexpected settlement payload {data!r}"
+    raise ValueError(msg)
