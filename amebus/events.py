@@ -124,20 +124,7 @@ class Event:
             PublishError: the server did not store the event, or did not answer in time.
         """
         subject, payload, hdrs = _prepare(self, msg_id, headers)
-        try:
-            return await js.publish(subject, payload, timeout=timeout, headers=hdrs)
-        except nats.js.errors.NoStreamResponseError:
-            raise _no_stream(subject) from None
-        except nats.errors.TimeoutError:
-            wait = "the JetStream context's timeout" if timeout is None else f"{timeout}s"
-            msg = (f"no ack for {subject!r} within {wait}; the server may or may not have stored "
-                   f"it: publish again with the same msg_id to stay idempotent")
-            raise PublishError(msg, subject=subject) from None
-        except nats.js.errors.APIError as err:
-            raise _refused(subject, err.description, err.code, err.err_code) from None
-        except (nats.errors.Error, ValueError) as err:
-            msg = f"publishing to {subject!r} failed: {err!r}"
-            raise PublishError(msg, subject=subject) from err
+        return await _publish_one(js, subject, payload, hdrs, timeout)
 
 
 def _declare(cls: type[Any]) -> _Spec:
@@ -329,6 +316,24 @@ def _prepare(event: Event, msg_id: str | None,
     return subject, default_codec.encode(event), hdrs
 
 
+async def _publish_one(js: JetStreamContext, subject: str, payload: bytes,
+                       hdrs: dict[str, str], timeout: float | None) -> PubAck:
+    try:
+        return await js.publish(subject, payload, timeout=timeout, headers=hdrs)
+    except nats.js.errors.NoStreamResponseError:
+        raise _no_stream(subject) from None
+    except nats.errors.TimeoutError:
+        wait = "the JetStream context's timeout" if timeout is None else f"{timeout}s"
+        msg = (f"no ack for {subject!r} within {wait}; the server may or may not have stored "
+               f"it: publish again with the same msg_id to stay idempotent")
+        raise PublishError(msg, subject=subject) from None
+    except nats.js.errors.APIError as err:
+        raise _refused(subject, err.description, err.code, err.err_code) from None
+    except (nats.errors.Error, ValueError) as err:
+        msg = f"publishing to {subject!r} failed: {err!r}"
+        raise PublishError(msg, subject=subject) from err
+
+
 def _no_stream(subject: str) -> NoStreamError:
     msg = (f"no JetStream stream captures the subject {subject!r}, so the event was not stored; "
            f"create a stream whose subjects include it, e.g. {subject.split('.')[0] + '.>'!r}")
@@ -417,9 +422,12 @@ async def publish_many(js: JetStreamContext, events: Iterable[Event], *,
         except SubjectError as err:
             msg = f"events[{index}]: {err}; nothing was published"
             raise SubjectError(msg) from None
-    if not items:
-        return []
     wait = DEFAULT_TIMEOUT if timeout is None else timeout
+    if len(items) <= 1:  # a handler's single result: skip the batch's own reply subscription
+        try:
+            return [await _publish_one(js, *items[0], wait)] if items else []
+        except PublishError as err:
+            raise _batch_error([None], {0: err}) from None
     nc = _connection(js)
     inbox = nc.new_inbox()
     batch = _Batch([subject for subject, _, _ in items], inbox)
@@ -457,9 +465,14 @@ def _acks_or_raise(batch: _Batch, reason: str) -> list[PubAck]:
         failures[index] = result
     if not failures:
         return acks  # type: ignore[return-value]  # no None left
+    raise _batch_error(acks, failures)
+
+
+def _batch_error(acks: list[PubAck | None], failures: dict[int, PublishError]
+                 ) -> BatchPublishError:
     listed = "; ".join(f"events[{index}] {error}" for index, error in list(failures.items())[:5])
     more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
     msg = (f"{len(failures)} of {len(acks)} events were not stored: {listed}{more}. The others "
            f"were stored (their acks are on .acks); republish only .failures, with msg ids if "
            f"a retry must not duplicate")
-    raise BatchPublishError(msg, acks=acks, failures=failures)
+    return BatchPublishError(msg, acks=acks, failures=failures)

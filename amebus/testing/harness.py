@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 from nats.aio.msg import Msg
@@ -19,6 +19,9 @@ from amebus.consumer import JetStreamConsumer, Settings
 from amebus.events import Event, _prepare, subject_of
 from amebus.service import Service, _settings
 from amebus.tracing import Decision, ErrorTracer, Failure
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
 
 __all__ = ["Outcome", "ServiceHarness"]
 
@@ -131,10 +134,7 @@ class ServiceHarness:
         self._sequence += 1
         wire = _Wire()
         recorder = _Recorder(self._tracer)
-        consumer = _Consumer(
-            self.service,
-            wire,
-            recorder,  # type: ignore[arg-type]
+        consumer = _Consumer(self.service, cast("Client", wire), recorder,
             settings=self.settings,
         )
         consumer.published = []
@@ -143,9 +143,9 @@ class ServiceHarness:
             f"{self._sequence}.{self._sequence}.{time.time_ns()}.0"
         )
         msg = Msg(
-            _client=wire,
+            _client=cast("Client", wire),
             subject=subject,
-            reply=reply,  # type: ignore[arg-type]
+            reply=reply,
             data=payload or b"",
             headers=dict(headers) if headers else None,
         )
