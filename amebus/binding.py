@@ -15,6 +15,7 @@ from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
 from amebus.errors import ConfigurationError
+from amebus.subjects import covers, validate_pattern
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
@@ -37,10 +38,32 @@ def connection_of(js: JetStreamContext | Client) -> tuple[Client, str]:
     return js._nc, js._prefix
 
 
-def consumer_config(cls: ServiceMeta, options: Mapping[str, Any], durable: str
-                    ) -> api.ConsumerConfig:
+def server_filters(cls: ServiceMeta, mode: str, stream: api.StreamConfig) -> list[str]:
+    """The consumer's filter subjects for ``server_filter`` mode; [] means the whole stream.
+
+    ``routes`` filters exactly (unrouted subjects never reach the client). ``stream`` takes
+    the whole stream and skips unrouted subjects in the client. ``auto`` filters exactly when
+    the filters are free (they equal or cover the stream's subjects) or required (a work-queue
+    stream, where an ack deletes), and takes the whole stream otherwise: nats-server slows a
+    filtered consumer down with the number of distinct subjects in the stream.
+    """
+    if mode not in ("auto", "routes", "stream"):
+        msg = (f"{cls.__name__}.server_filter is {mode!r}; use 'auto', 'routes' or 'stream'")
+        raise ConfigurationError(msg)
+    exact = list(cls.filter_subjects)
+    stream_subjects = [validate_pattern(s) for s in stream.subjects or []]
+    routes = [validate_pattern(p) for p in exact]
+    covered = bool(stream_subjects) and all(
+        any(covers(r, s) for r in routes) for s in stream_subjects)
+    workqueue = stream.retention == api.RetentionPolicy.WORK_QUEUE
+    if mode == "routes" or workqueue or (mode == "auto" and covered):
+        return [] if covered else exact
+    return []
+
+
+def consumer_config(cls: ServiceMeta, options: Mapping[str, Any], durable: str,
+                    filters: list[str]) -> api.ConsumerConfig:
     """The durable pull consumer a service needs."""
-    filters = list(cls.filter_subjects)
     return api.ConsumerConfig(
         durable_name=durable,
         ack_policy=api.AckPolicy.EXPLICIT,
@@ -48,22 +71,26 @@ def consumer_config(cls: ServiceMeta, options: Mapping[str, Any], durable: str
         ack_wait=float(options["ack_wait"]),
         max_deliver=int(options["max_deliver"]) if options["max_deliver"] > 0 else -1,
         max_ack_pending=int(options["max_ack_pending"]),
-        filter_subject=filters[0] if len(filters) == 1 else None,
+        filter_subject=filters[0] if len(filters) == 1 else "",
         filter_subjects=filters if len(filters) > 1 else None,
     )
 
 
-async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping[str, Any],
-                        api_prefix: str) -> tuple[str, str]:
-    """Make sure the stream and the durable consumer exist as declared; return their names."""
+async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping[str, Any]
+                        ) -> tuple[str, str, bool]:
+    """Make sure the stream and the durable consumer exist as declared.
+
+    Returns the stream and durable names, and whether the server filters by route.
+    """
     stream = options["stream"]
     if not stream:
         msg = (f"{cls.__name__} has no stream; set `stream = 'ORDERS'` on the class or pass "
                f"serve(js, stream='ORDERS')")
         raise ConfigurationError(msg)
     durable = options["durable"] or cls.__name__
-    await _ensure_stream(js, cls, stream, options.get("stream_subjects"))
-    wanted = consumer_config(cls, options, durable)
+    stream_config = await _ensure_stream(js, cls, stream, options.get("stream_subjects"))
+    filters = server_filters(cls, options["server_filter"], stream_config)
+    wanted = consumer_config(cls, options, durable, filters)
     try:
         current = (await js.consumer_info(stream, durable)).config
     except NotFoundError:
@@ -72,7 +99,7 @@ async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping
         _refuse_fixed_drift(cls, stream, durable, current)
         changed = [f for f in _UPDATABLE if _norm(getattr(current, f)) != _norm(getattr(wanted, f))]
         if not changed:
-            return stream, durable
+            return stream, durable, bool(filters)
         log.warning("%s: updating consumer %s on %s: %s", cls.__name__, durable, stream,
                     ", ".join(f"{f} {getattr(current, f)!r} -> {getattr(wanted, f)!r}"
                               for f in changed))
@@ -87,11 +114,11 @@ async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping
                f"(err_code {exc.err_code}); check that the stream's subjects include every "
                f"route pattern, or delete the consumer (`nats consumer rm {stream} {durable}`)")
         raise ConfigurationError(msg) from exc
-    return stream, durable
+    return stream, durable, bool(filters)
 
 
 async def _ensure_stream(js: JetStreamContext, cls: ServiceMeta, stream: str,
-                         subjects: tuple[str, ...] | None) -> None:
+                         subjects: tuple[str, ...] | None) -> api.StreamConfig:
     try:
         info = await js.stream_info(stream)
     except NotFoundError:
@@ -100,21 +127,22 @@ async def _ensure_stream(js: JetStreamContext, cls: ServiceMeta, stream: str,
                    f"--subjects '{cls.filter_subjects[0]}'`) or set `stream_subjects` on "
                    f"{cls.__name__} so amebus creates it")
             raise ConfigurationError(msg) from None
-        await js.add_stream(name=stream, subjects=list(subjects),
-                            storage=api.StorageType.FILE)
+        created = await js.add_stream(name=stream, subjects=list(subjects),
+                                      storage=api.StorageType.FILE)
         log.info("created stream %s on %s", stream, list(subjects))
-        return
+        return created.config
     if subjects:
         have = list(info.config.subjects or [])
         missing = [s for s in subjects if s not in have]
         if missing:
             try:
-                await js.update_stream(info.config.evolve(subjects=have + missing))
+                info = await js.update_stream(info.config.evolve(subjects=have + missing))
             except APIError as exc:
                 msg = (f"could not add subjects {missing} to stream {stream!r}: "
                        f"{exc.description}; another stream may already capture them")
                 raise ConfigurationError(msg) from exc
             log.info("added subjects %s to stream %s", missing, stream)
+    return info.config
 
 
 def _refuse_fixed_drift(cls: ServiceMeta, stream: str, durable: str,
@@ -133,6 +161,8 @@ def _refuse_fixed_drift(cls: ServiceMeta, stream: str, durable: str,
 
 
 def _norm(value: Any) -> Any:
+    if value in ("", None, []):
+        return None
     if isinstance(value, list):
         return sorted(value)
     return getattr(value, "value", value)

@@ -134,6 +134,9 @@ class JetStreamConsumer:
         self._slots: list[_Slot] = []
         self._handled_at_tick = 0
         self.handled = 0
+        self.skipped = 0
+        self.skip_unrouted = False
+        """Ack (not term) messages no route handles: set when the consumer is unfiltered."""
         self.on_tick: Callable[[float], Awaitable[None]] | None = None
 
     # -- running --------------------------------------------------------------------------
@@ -211,6 +214,10 @@ class JetStreamConsumer:
     async def handle(self, msg: Msg, slot: _Slot | None = None) -> Decision:
         """Run one message through its handler and settle it; return the decision taken."""
         handler = self._resolve(msg.subject)
+        if handler is None and self.skip_unrouted:  # not ours: the server filter was skipped
+            self.skipped += 1
+            await self.settle(msg, Decision.ack())
+            return Decision.ack()
         slot = slot or _Slot(task=asyncio.current_task())
         now = time.monotonic()
         slot.msg, slot.progress_at, slot.timed_out = msg, now, False

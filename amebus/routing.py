@@ -154,6 +154,14 @@ class ServiceMeta(type):
                 msg = (f"{name}.{attr} is a reserved Service name; give the route another "
                        f"attribute name")
                 raise ConfigurationError(msg)
+        for attr, value in namespace.items():
+            hidden = [inspect.getattr_static(base, attr, None) for base in bases]
+            if isinstance(value, (Route, Router)) and any(
+                    h is not None and not isinstance(h, (Route, Router)) for h in hidden):
+                msg = (f"{name}.{attr} = {value!r} would hide the inherited {attr!r} "
+                       f"({next(h for h in hidden if h is not None)!r}); give the route "
+                       f"another attribute name")
+                raise ConfigurationError(msg)
         _bind_names(name, namespace)
         localns = sys._getframe(1).f_locals  # the scope of the class statement, for hints
         cls = super().__new__(mcs, name, bases, namespace, **kwargs)
@@ -235,7 +243,12 @@ def _filter_subjects(patterns: Iterator[tuple[str, ...]]) -> tuple[str, ...]:
 # -- handlers -------------------------------------------------------------------------------
 
 def _check_handler(handler: Any, where: str) -> Any:
-    if callable(handler) and not isinstance(handler, type):
+    if isinstance(handler, type):
+        msg = (f"{where}: handler {handler.__qualname__} is a class; pass an instance, "
+               f"Route(pattern, {handler.__qualname__}()), or mount a Service class in a "
+               f"Router(prefix, name={handler.__qualname__})")
+        raise ConfigurationError(msg)
+    if callable(handler):
         return handler
     if callable(getattr(handler, "process", None)):
         return handler

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 _SETTINGS = tuple(f.name for f in attrs.fields(Settings))
 _SERVE_OPTIONS = ("stream", "durable", "stream_subjects", "max_ack_pending", "batch",
-                  *_SETTINGS)
+                  "server_filter", *_SETTINGS)
 
 
 @attrs.define
@@ -46,12 +46,14 @@ class ServiceStats:
     Attributes:
         routes: per-route counters by route name.
         received: messages pulled from the server.
+        skipped: messages of an unfiltered consumer that no route handles (acked unhandled).
         in_flight: handlers running now.
         buffered: messages pulled and not yet started.
     """
 
     routes: dict[str, RouteStats] = attrs.Factory(dict)
     received: int = 0
+    skipped: int = 0
     in_flight: int = 0
     buffered: int = 0
 
@@ -126,6 +128,12 @@ class Service(metaclass=ServiceMeta):
         dead_letter_subject: where a copy of each termed failing message is published.
         shutdown_timeout: seconds running handlers get to finish when serving stops (10).
         batch: the most messages held by the pull engine (256).
+        server_filter: ``"routes"``: the consumer filters on ``filter_subjects``, so unrouted
+            subjects never arrive; ``"stream"``: the consumer takes the whole stream and
+            unrouted messages are acked unhandled (counted in ``stats.skipped``); ``"auto"``
+            (default): ``routes`` where that is free (the routes cover the stream's subjects)
+            or required (work-queue streams), else ``stream``, because nats-server slows
+            filtered consumers with the number of distinct subjects (docs/configuration.md).
         converter: a cattrs converter for this service's events (default: amebus's own).
         error_tracer: receives every failure (default: ``LoggingTracer``).
     """
@@ -142,6 +150,7 @@ class Service(metaclass=ServiceMeta):
     dead_letter_subject: ClassVar[str | None] = None
     shutdown_timeout: ClassVar[float] = 10.0
     batch: ClassVar[int] = 256
+    server_filter: ClassVar[str] = "auto"
     converter: ClassVar[Any] = None
     error_tracer: ClassVar[ErrorTracer | None] = None
 
@@ -221,10 +230,14 @@ class Service(metaclass=ServiceMeta):
         if not cls.routes:
             msg = f"{cls.__name__} declares no routes; add Route attributes before serving"
             raise ConfigurationError(msg)
+        for bound in self._amebus_handlers.values():  # serve(timeout=...) reaches every route
+            route_timeout = bound.route.timeout
+            bound.timeout = route_timeout if route_timeout is not None else settings.timeout
         nc, api_prefix = connection_of(js)
-        stream, durable = await bind_consumer(nc.jetstream(), cls, option, api_prefix)
+        stream, durable, filtered = await bind_consumer(nc.jetstream(), cls, option)
         tracer = overrides.get("error_tracer", cls.error_tracer)
         consumer = JetStreamConsumer(self, nc, tracer, settings=settings)
+        consumer.skip_unrouted = not filtered
         puller = Puller(nc, stream, durable, batch=option["batch"], api_prefix=api_prefix)
         stats = self.stats
         await puller.start()
@@ -260,6 +273,7 @@ class _Ticker:
         done = consumer.handled - self.handled
         self.handled = consumer.handled
         self.stats.received = puller.received
+        self.stats.skipped = consumer.skipped
         self.stats.in_flight = consumer.in_flight
         self.stats.buffered = len(puller.buffer)
         if puller.buffer and elapsed > 0:  # busy, not starved: hold what ack_wait/4 can start

@@ -336,7 +336,11 @@ def _faststream_broker(work: Workload, target: Target, **subscriber: Any) -> Any
     async def itself(msg: NatsMessage) -> NatsMessage:
         return msg
 
-    @broker.subscriber(
+    async def on_order(msg: NatsMessage) -> None:
+        await work.handle(msg.raw_message.subject, msg.body)
+        work.settled(acked=True)  # FastStream sends the ack right after this returns
+
+    subscribe = broker.subscriber(
         "orders.>",
         stream=JStream(target.stream, declare=False),
         durable=target.durable,
@@ -344,10 +348,7 @@ def _faststream_broker(work: Workload, target: Target, **subscriber: Any) -> Any
         decoder=itself,
         **subscriber,
     )
-    async def on_order(msg: NatsMessage) -> None:
-        await work.handle(msg.raw_message.subject, msg.body)
-        work.settled(acked=True)  # FastStream sends the ack right after this returns
-
+    subscribe(on_order)
     return broker
 
 

@@ -38,6 +38,11 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js.api import StorageType, StreamConfig
 
+try:
+    import psutil  # type: ignore[import-untyped, unused-ignore]
+except ImportError:  # the bench extra has it; without it the server CPU column stays empty
+    psutil = None
+
 from benchmarks._amebus_bench import amebus_serve
 from benchmarks._baselines import APPROACHES, NO_ACK, ROUTES, Target, Unavailable, Workload
 
@@ -124,6 +129,14 @@ class _Server:
         command = [binary, "-js", "-sd", self._dir.name, "-a", "127.0.0.1", "-p", str(self.port)]
         self._log = open(Path(self._dir.name) / "server.log", "wb")  # noqa: SIM115
         self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        self._usage = psutil.Process(self._process.pid) if psutil is not None else None
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the server has used so far (user + system), if psutil is installed."""
+        if self._usage is None:
+            return None
+        times = self._usage.cpu_times()
+        return float(times.user + times.system)
 
     async def connect(self) -> Client:
         for _ in range(200):  # probe the port first: nats-py logs every refused connect
@@ -184,11 +197,12 @@ async def _run_worker(
     process = await asyncio.create_subprocess_exec(
         *command, cwd=_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    assert process.stdout is not None and process.stderr is not None
+    stdout, stderr = process.stdout, process.stderr
+    assert stdout is not None and stderr is not None  # both are PIPE
 
     async def read_stdout() -> list[bytes]:
         lines = []
-        async for line in process.stdout:
+        async for line in stdout:
             if line.strip() == b"ready" and name in NO_ACK:
                 await _publish_core(nc, args.messages)
             lines.append(line)
@@ -196,7 +210,7 @@ async def _run_worker(
 
     try:
         lines, errors = await asyncio.wait_for(
-            asyncio.gather(read_stdout(), process.stderr.read()), args.timeout + 30
+            asyncio.gather(read_stdout(), stderr.read()), args.timeout + 30
         )
         await process.wait()
     except TimeoutError:
@@ -207,7 +221,8 @@ async def _run_worker(
     if process.returncode != 0 or not reports:
         tail = errors.decode(errors="replace").strip().splitlines()[-5:]
         return {"status": f"worker exited {process.returncode}: {' | '.join(tail)}"}
-    return json.loads(reports[-1])
+    report: dict[str, Any] = json.loads(reports[-1])
+    return report
 
 
 async def _verify(nc: Client, name: str, durable: str, run: dict[str, Any], n: int) -> list[str]:
@@ -258,7 +273,11 @@ async def _bench(args: argparse.Namespace, names: list[str]) -> list[dict[str, A
                 if name in skipped:
                     continue
                 durable = f"bench_{name}_{round_ + 1}"
+                server_cpu = server.cpu_seconds()
                 run = await _run_worker(nc, name, durable, args, server.url)
+                server_cpu_after = server.cpu_seconds()
+                if server_cpu is not None and server_cpu_after is not None:
+                    run["server_cpu"] = server_cpu_after - server_cpu
                 run |= {"approach": name, "round": round_ + 1}
                 if run["status"] == "unavailable":
                     skipped.add(name)
@@ -272,6 +291,8 @@ async def _bench(args: argparse.Namespace, names: list[str]) -> list[dict[str, A
                 if run["valid"]:
                     run["rate"] = run["count"] / run["elapsed"]
                     run["cpu_us_per_msg"] = run["cpu"] / run["count"] * 1e6
+                    if "server_cpu" in run:
+                        run["server_us_per_msg"] = run["server_cpu"] / run["count"] * 1e6
                     shown = f"{run['rate']:>10,.0f} msgs/s"
                 else:
                     shown = "INVALID: " + "; ".join(problems)
@@ -291,7 +312,7 @@ def _table(runs: list[dict[str, Any]], names: list[str]) -> str:
     pulled, core = median_rate("pulled"), median_rate("core")
     header = (
         f"{'approach':<16} {'valid':>5} {'min/s':>9} {'median/s':>9} {'max/s':>9} "
-        f"{'RSS MiB':>8} {'CPU µs/msg':>10} {'vs pulled':>9} {'vs core':>8}"
+        f"{'RSS MiB':>8} {'CPU µs/msg':>10} {'srv µs/msg':>10} {'vs pulled':>9} {'vs core':>8}"
     )
     rows = [header, "-" * len(header)]
     for name in names:
@@ -309,11 +330,13 @@ def _table(runs: list[dict[str, Any]], names: list[str]) -> str:
         median = statistics.median(rates)
         rss = max(r["rss_mib"] for r in valid)
         cpu = statistics.median(r["cpu_us_per_msg"] for r in valid)
+        served = [r["server_us_per_msg"] for r in valid if "server_us_per_msg" in r]
+        server = f"{statistics.median(served):.1f}" if served else "-"
         vs_pulled = f"{median / pulled:.2f}x" if pulled else "-"
         vs_core = f"{median / core:.2f}x" if core else "-"
         rows.append(
             f"{name:<16} {len(valid):>2}/{len(mine):<2} {min(rates):>9,.0f} {median:>9,.0f} "
-            f"{max(rates):>9,.0f} {rss:>8.1f} {cpu:>10.1f} {vs_pulled:>9} {vs_core:>8}"
+            f"{max(rates):>9,.0f} {rss:>8.1f} {cpu:>10.1f} {server:>10} {vs_pulled:>9} {vs_core:>8}"
         )
     return "\n".join(rows)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import sys
 import time
@@ -73,7 +74,7 @@ async def _raw(js: JetStreamContext, items: list[tuple[str, bytes, dict[str, str
 
 def _check(name: str, acks: list[PubAck], n: int) -> None:
     seqs = [ack.seq for ack in acks]
-    if len(acks) != n or any(b <= a for a, b in zip(seqs, seqs[1:], strict=False)):
+    if len(acks) != n or any(b <= a for a, b in itertools.pairwise(seqs)):
         msg = f"{name}: expected {n} acks with increasing sequences, got {len(acks)}"
         raise SystemExit(msg)
 

@@ -1,0 +1,94 @@
+"""Services that tests/test_cli.py serves through the ``amebus`` command in a subprocess.
+
+A handler appends one line per message to the file named by ``$AMEBUS_CLI_TEST_OUT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import ClassVar
+
+import attrs
+
+import amebus
+
+
+@attrs.frozen
+class Ping(amebus.Event):
+    subject_pattern = "cli.ping.*"
+    n: int
+
+    def subject(self) -> tuple[str, ...]:
+        return ("cli", "ping", str(self.n))
+
+
+def _record(line: str) -> None:
+    with open(os.environ["AMEBUS_CLI_TEST_OUT"], "a") as out:
+        out.write(line + "\n")
+
+
+class Recorder(amebus.Service):
+    """Records every ping; ``$AMEBUS_CLI_TEST_DELAY`` seconds per message (0 by default)."""
+
+    stream = "CLI"
+    stream_subjects = ("cli.>",)
+    concurrency = 4
+    shutdown_timeout = 5.0
+
+    @amebus.Route(Ping)
+    async def ping(self, event: Ping) -> None:
+        await asyncio.sleep(float(os.environ.get("AMEBUS_CLI_TEST_DELAY", "0")))
+        _record(str(event.n))
+
+    @amebus.Route("cli.raw")
+    async def raw(self, payload: bytes) -> None:
+        _record(payload.decode())
+
+
+class Stuck(amebus.Service):
+    """A handler that never finishes in time: only a second signal stops it."""
+
+    stream = "CLI"
+    stream_subjects = ("cli.>",)
+    shutdown_timeout = 60.0
+
+    @amebus.Route("cli.stuck")
+    async def stuck(self, payload: bytes) -> None:
+        _record("started")
+        await asyncio.sleep(3600)
+
+
+class Missing(amebus.Service):
+    """Its stream does not exist and it does not ask amebus to create it."""
+
+    stream = "NO_SUCH_STREAM"
+
+    @amebus.Route("nowhere.>")
+    async def nowhere(self, payload: bytes) -> None:
+        """Never called."""
+
+
+class Needs(amebus.Service):
+    """A service whose constructor takes a dependency; ``make_needs`` builds it."""
+
+    stream = "CLI"
+    stream_subjects: ClassVar[tuple[str, ...]] = ("cli.>",)
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    @amebus.Route("cli.needs")
+    async def needs(self, payload: bytes) -> None:
+        _record(self.prefix + payload.decode())
+
+
+def make_needs() -> Needs:
+    return Needs(prefix="made:")
+
+
+not_a_service = 42
+
+
+class Plain:
+    """A class that is not a Service."""
