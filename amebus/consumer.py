@@ -168,7 +168,11 @@ class JetStreamConsumer:
         watchdog = asyncio.create_task(self._watchdog(), name="amebus-watchdog")
         workers = [slot.task for slot in self._slots if slot.task is not None]
         try:
-            await asyncio.gather(*workers)
+            # Not gather(): cancelling a gather cancels the workers at once, and running
+            # handlers must get shutdown_timeout first.
+            done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # a worker's failure ends the run, as before
         except asyncio.CancelledError:
             self.stopping = True
             if before_shutdown is not None:

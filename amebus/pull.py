@@ -51,7 +51,7 @@ class Puller:
         self._request_body = b""
         self.pending = 0  # messages requested and not yet received
         self.buffer: deque[Msg] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: set[asyncio.Future[None]] = set()  # one per worker waiting in next()
         self._sub: Subscription | None = None
         self._inbox = ""
         self._last_seen = 0.0
@@ -97,11 +97,12 @@ class Puller:
                 return None
             if self.error is not None:
                 raise self.error
-            self._waiter = asyncio.get_running_loop().create_future()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.add(waiter)
             try:
-                await self._waiter
+                await waiter
             finally:
-                self._waiter = None
+                self._waiters.discard(waiter)
         msg = self.buffer.popleft()
         if self.pending + len(self.buffer) <= self.limit // 2 and not self.closed:
             await self.refill()
@@ -155,9 +156,9 @@ class Puller:
         await self.refill()
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        for waiter in self._waiters:  # each rechecks the buffer; those left empty wait again
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _watch(self) -> None:
         """Reissue requests lost to a reconnect, a server restart or an expired request."""

@@ -238,7 +238,10 @@ class Service(metaclass=ServiceMeta):
         tracer = overrides.get("error_tracer", cls.error_tracer)
         consumer = JetStreamConsumer(self, nc, tracer, settings=settings)
         consumer.skip_unrouted = not filtered
-        puller = Puller(nc, stream, durable, batch=option["batch"], api_prefix=api_prefix)
+        batch = max(option["batch"], 2 * settings.concurrency)  # keep every worker fed
+        if option["max_ack_pending"] > 0:
+            batch = min(batch, option["max_ack_pending"])  # the server delivers no more anyway
+        puller = Puller(nc, stream, durable, batch=batch, api_prefix=api_prefix)
         stats = self.stats
         await puller.start()
         consumer.on_tick = _Ticker(consumer, puller, stats, settings).tick

@@ -22,7 +22,6 @@ from strategies import (
 from amebus.matcher import Matcher
 from amebus.subjects import specificity
 
-
 oracle_matches = regex_matches
 
 

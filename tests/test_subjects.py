@@ -6,9 +6,8 @@
 
 from __future__ import annotations
 
-import itertools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -18,7 +17,6 @@ from strategies import (
     grammar_tokens,
     literal_subjects,
     message_subjects,
-    message_tokens,
     patterns,
     prefixes,
     regex_matches,

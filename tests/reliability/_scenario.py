@@ -166,6 +166,10 @@ class Records:
     def done_ids(self) -> set[str]:
         return {line.id for line in self.lines if line.kind == "done"}
 
+    def redelivered(self) -> int:
+        """Ids started on a second (or later) delivery."""
+        return len({line.id for line in self.lines if line.kind == "start" and line.delivery > 1})
+
     def by_label(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for line in self.lines:
