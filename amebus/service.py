@@ -81,7 +81,10 @@ class _Bound:
         self.timeout = route.timeout if route.timeout is not None else default_timeout
         handler = route.handler
         if route.is_method:
-            call = handler.__get__(service, type(service))
+            target = service
+            if route.owner is not None and not isinstance(service, route.owner):
+                target = _mounted(service, route.owner)
+            call = handler.__get__(target, type(target))
         elif not inspect.isroutine(handler) and callable(getattr(handler, "process", None)):
             call = handler.process
         else:
@@ -292,6 +295,20 @@ class _Ticker:
                     await consumer.nc.publish(msg.reply, b"+WPI")
         elif not puller.buffer:
             self.progress_at = now
+
+
+def _mounted(service: Service, cls: type[Any]) -> Any:
+    """The instance a mounted Service class's methods run on: one per serving service."""
+    mounted: dict[type[Any], Any] = service.__dict__.setdefault("_amebus_mounted", {})
+    if cls not in mounted:
+        try:
+            mounted[cls] = cls()
+        except TypeError as exc:
+            msg = (f"{type(service).__name__} mounts {cls.__name__}, whose method routes need "
+                   f"an instance, but {cls.__name__}() failed ({exc}); give it a constructor "
+                   f"without required arguments, or route to functions")
+            raise ConfigurationError(msg) from exc
+    return mounted[cls]
 
 
 def _settings(cls: type[Service], overrides: Mapping[str, Any]) -> Settings:

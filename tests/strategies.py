@@ -6,9 +6,11 @@ Valid inputs are built by construction (``.map``), never found by ``.filter``.
 from __future__ import annotations
 
 import enum
+import itertools
+import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
@@ -17,115 +19,25 @@ from hypothesis import strategies as st
 
 __all__ = [
     "FORBIDDEN_CHARS",
+    "LITERALS",
     "SUBJECT_BREAKERS",
     "attrs_instances",
     "grammar_tokens",
     "literal_subjects",
+    "literal_tokens",
     "message_subjects",
     "message_tokens",
     "patterns",
     "prefixes",
+    "regex_matches",
     "route_sets",
     "subject_tokens",
     "subjects_for",
     "subjects_near",
     "valid_tokens",
+    "witness_subjects",
     "wrong_json_for",
 ]
-
-# -- the subject grammar ----------------------------------------------------------------------
-
-FORBIDDEN_CHARS = (" ", "\t", "\r", "\n", "\f", "\x00")
-"""Characters no token may hold (``amebus.subjects``: whitespace or NUL)."""
-
-_FRESH = "fresh"  # tests/test_subjects.py relies on no strategy generating this token
-_POOL = ("order", "paid", "eu", "us", "1", "a", "b", "ordre", "payée", "foo*", "a>", "Order")
-_TOKEN_CHARS = st.characters(codec="utf-8", exclude_characters="".join(FORBIDDEN_CHARS) + ".")
-
-
-def _literal(token: str) -> str:
-    return f"{token}_" if token in ("*", ">", _FRESH) else token
-
-
-def grammar_tokens() -> st.SearchStrategy[str]:
-    """Literal tokens: non-empty, no '.', no forbidden character, not a lone wildcard.
-
-    Mostly from a small pool, so that generated patterns and subjects meet; ``foo*`` and
-    ``a>`` are in it, since a wildcard character inside a token is a literal.
-    """
-    return st.sampled_from(_POOL) | st.text(_TOKEN_CHARS, min_size=1, max_size=6).map(_literal)
-
-
-def message_tokens() -> st.SearchStrategy[str]:
-    """Tokens of a message subject: literal tokens, and ``*`` or ``>`` as plain tokens."""
-    return grammar_tokens() | st.sampled_from(["*", ">"])
-
-
-def message_subjects() -> st.SearchStrategy[str]:
-    """Subjects a message may carry (``order.*`` included: JetStream stores such subjects)."""
-    return st.lists(message_tokens(), min_size=1, max_size=5).map(".".join)
-
-
-def literal_subjects() -> st.SearchStrategy[str]:
-    """Subjects without any ``*`` or ``>`` token."""
-    return st.lists(grammar_tokens(), min_size=1, max_size=5).map(".".join)
-
-
-def _pattern_tokens() -> st.SearchStrategy[str]:
-    return st.sampled_from(_POOL[:4]) | st.just("*") | grammar_tokens()
-
-
-def patterns() -> st.SearchStrategy[str]:
-    """Valid subscription patterns of 1 to 4 tokens; ``>`` only last (short, for brute force)."""
-    body = st.lists(_pattern_tokens(), min_size=1, max_size=4)
-    tail = st.booleans()
-    return st.tuples(body, tail).map(
-        lambda parts: ".".join([*parts[0][:3], ">"] if parts[1] else parts[0]))
-
-
-def prefixes() -> st.SearchStrategy[str]:
-    """Router prefixes: 1 to 3 tokens, literals or ``*``, never ``>``."""
-    return st.lists(_pattern_tokens(), min_size=1, max_size=3).map(".".join)
-
-
-def route_sets(min_size: int = 1, max_size: int = 8) -> st.SearchStrategy[list[str]]:
-    """Distinct patterns, as a service's routes."""
-    return st.lists(patterns(), min_size=min_size, max_size=max_size, unique=True)
-
-
-def subjects_for(pattern: str) -> st.SearchStrategy[str]:
-    """Subjects ``pattern`` matches: each ``*`` filled with one token, ``>`` with one or more."""
-    fills: list[st.SearchStrategy[list[str]]] = []
-    for token in pattern.split("."):
-        if token == "*":
-            fills.append(message_tokens().map(lambda t: [t]))
-        elif token == ">":
-            fills.append(st.lists(message_tokens(), min_size=1, max_size=3))
-        else:
-            fills.append(st.just([token]))
-    return st.tuples(*fills).map(lambda parts: ".".join(t for part in parts for t in part))
-
-
-def _mutate(parts: tuple[str, int, str, int]) -> str:
-    """Drop, replace or add one token of a subject: near misses of a pattern."""
-    subject, index, token, how = parts
-    tokens = subject.split(".")
-    at = index % len(tokens)
-    if how == 0 and len(tokens) > 1:
-        del tokens[at]
-    elif how == 1:
-        tokens[at] = token
-    else:
-        tokens.insert(at, token)
-    return ".".join(tokens)
-
-
-def subjects_near(routes: Sequence[str]) -> st.SearchStrategy[str]:
-    """Subjects that often match some of ``routes``, and near misses of them."""
-    hits = st.one_of([subjects_for(pattern) for pattern in routes])
-    misses = st.tuples(hits, st.integers(0, 8), message_tokens(), st.integers(0, 2)).map(_mutate)
-    return hits | misses | message_subjects()
-
 
 # -- event subjects ----------------------------------------------------------------------------
 
@@ -297,26 +209,24 @@ def regex_matches(pattern: str, subject: str) -> bool:
     return re.fullmatch(r"\.".join(parts), subject, re.DOTALL) is not None
 
 
-WITNESS_TOKEN = "w"
-"""A token no strategy above generates, standing for "any other token"."""
-
-
 def witness_subjects(*pattern_texts: str) -> Iterator[str]:
     """Every subject whose tokens are, position by position, a literal some pattern has at that
-    position or WITNESS_TOKEN, from one token up to one more than the longest pattern.
+    position or a token none of them has, from one token up to one more than the longest.
 
     Complete for every question about which of the patterns match: in any subject, replace each
-    token no pattern has as a literal at its position by WITNESS_TOKEN, and cut it to that
+    token no pattern has as a literal at its position by that other token, and cut it to that
     length; no pattern changes its answer. So "every subject matched by A is matched by B" is
     decided by checking these subjects only.
     """
     token_lists = [text.split(".") for text in pattern_texts]
+    used = {token for tokens in token_lists for token in tokens}
+    other = next(f"w{n}" for n in itertools.count() if f"w{n}" not in used)
     longest = max(len(tokens) for tokens in token_lists)
     for length in range(1, longest + 2):
         choices = []
         for index in range(length):
             literal = {tokens[index] for tokens in token_lists
                        if index < len(tokens) and tokens[index] not in ("*", ">")}
-            choices.append([*sorted(literal), WITNESS_TOKEN])
+            choices.append([*sorted(literal), other])
         for combination in itertools.product(*choices):
             yield ".".join(combination)
