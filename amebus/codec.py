@@ -125,7 +125,8 @@ _JSON_NAMES = {list: "array", str: "string", int: "number", float: "number", boo
 def _parse(data: bytes, target: type[Any]) -> dict[str, Any]:
     try:
         obj = _loads(data.decode())
-    except ValueError as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    except (ValueError, RecursionError) as err:  # Unicode and JSON errors; RecursionError:
+        # nesting deeper than the interpreter can parse (a few thousand "[" are enough)
         msg = (f"cannot decode {len(data)} bytes into {target.__qualname__}: the payload is not "
                f"UTF-8 JSON ({err}); the producer must publish a JSON object")
         raise DecodeError(msg, errors=(str(err),), size=len(data), target=target) from None

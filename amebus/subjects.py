@@ -3,7 +3,9 @@
 Pure functions on strings; the rules are the server's (``nats-server`` ``IsValidSubject``):
 
 - a subject is tokens joined by ``.``; a token is non-empty and holds no ``.``, no space, tab,
-  CR, LF or form feed, and no NUL; matching is exact and case-sensitive;
+  CR, LF or form feed, and no NUL; matching is exact and case-sensitive. One stricter rule: no
+  vertical tab either (the server accepts it, but nats-py's parser splits a MSG line on it and
+  drops the subscriber's connection);
 - in a *pattern* ``*`` (one token) and ``>`` (one or more trailing tokens, last only) are
   wildcards when they are a whole token; ``foo*`` is a literal;
 - in a *subject* ``*`` and ``>`` are plain tokens (JetStream stores such subjects).
@@ -36,9 +38,9 @@ PWC = "*"
 FWC = ">"
 """The full (tail) wildcard: one or more trailing tokens."""
 
-_BAD_CHARS = re.compile(r"[ \t\r\n\f\x00]")
+_BAD_CHARS = re.compile(r"[ \t\r\n\f\v\x00]")
 _CHAR_NAMES = {" ": "a space", "\t": "a tab", "\r": "a CR", "\n": "a LF", "\f": "a form feed",
-               "\x00": "a NUL byte"}
+               "\v": "a vertical tab", "\x00": "a NUL byte"}
 
 
 def _check_tokens(kind: str, text: object) -> list[str]:

@@ -125,7 +125,7 @@ def wrong_json_for(tp: type[Any]) -> st.SearchStrategy[Any]:
 
 LITERALS = ("a", "b", "c", "ab", "a*", "->", "é")
 """Literal tokens: few, so they collide; ``a*`` and ``->`` are literals despite their chars."""
-FORBIDDEN_CHARS = (" ", "\t", "\r", "\n", "\f", "\x00")
+FORBIDDEN_CHARS = (" ", "\t", "\r", "\n", "\f", "\v", "\x00")
 """The characters the grammar forbids in a token, besides ``.``."""
 
 

@@ -123,7 +123,8 @@ class TestTokens:
 
 
 class TestForbiddenCharacters:
-    """Rule: no token holds whitespace (space, tab, CR, LF, FF) or NUL."""
+    """Rule: no token holds whitespace (space, tab, CR, LF, FF), NUL, or (amebus's one stricter
+    rule, for nats-py's parser) a vertical tab."""
 
     @given(with_bad_char)
     @pytest.mark.parametrize("validate", VALIDATORS)
@@ -137,14 +138,15 @@ class TestForbiddenCharacters:
 
     @pytest.mark.parametrize(("char", "name"), [(" ", "a space"), ("\t", "a tab"),
                                                 ("\r", "a CR"), ("\n", "a LF"),
-                                                ("\f", "a form feed"), ("\x00", "a NUL byte")])
+                                                ("\f", "a form feed"), ("\v", "a vertical tab"),
+                                                ("\x00", "a NUL byte")])
     def test_the_message_names_the_character_and_its_index(self, char: str, name: str) -> None:
         with pytest.raises(SubjectError, match=f"contains {name} at index 6"):
             validate_subject(f"order.{char}paid")
         with pytest.raises(SubjectError, match=f"contains {name}"):
             validate_token(f"x{char}")
 
-    @pytest.mark.parametrize("text", ["a\vb", "a\u00a0b", "ordre.payée", "a\u2003b"])
+    @pytest.mark.parametrize("text", ["a\u00a0b", "ordre.payée", "a\u2003b"])
     def test_other_characters_are_allowed_as_by_the_server(self, text: str) -> None:
         assert validate_subject(text) == text
 
