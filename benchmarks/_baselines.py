@@ -272,8 +272,8 @@ class _Puller:
         if status == "100":  # idle heartbeat: the server is alive, nothing to do
             return
         if status in ("408", "409"):
-            # The request ended (expired, or the server gave up on it); what it still owed
-            # will never come. A 409 without the header (e.g. leadership change) owes nothing.
+            # A request ended (expired, or the server dropped it) and what it still owed will
+            # never come. Without the header, assume every request is gone and ask afresh.
             unmet = int(headers.get("Nats-Pending-Messages", self._outstanding))
             self._outstanding = max(0, self._outstanding - unmet)
             if self._outstanding <= self._refill_at and not self._work.done.is_set():

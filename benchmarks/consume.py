@@ -342,7 +342,11 @@ def _table(runs: list[dict[str, Any]], names: list[str]) -> str:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.consume", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.consume",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="5,000 messages, 1 round")
     parser.add_argument("--rounds", type=int, help="rounds over all approaches (default 3)")
     parser.add_argument("--messages", type=int, help="orders in the stream (default 50,000)")
