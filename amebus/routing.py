@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
@@ -114,12 +115,14 @@ class CompiledRoute:
         handler: the handler as declared (a function, a method, or a processor object).
         takes: what the first parameter receives: ``"event"``, ``"message"`` or ``"payload"``.
         event: the Event class the payload decodes into, when ``takes == "event"``.
+        events: every Event class the route accepts; more than one when the handler is
+            annotated with a union, told apart by the ``Amebus-Event-Type`` header.
         with_message: the handler takes the raw message as a second argument.
         owner: for a method route of a mounted Service class, that class (its methods run on
             an instance of it, made with no arguments); None for the service's own routes.
     """
 
-    __slots__ = ("event", "handler", "is_method", "name", "owner", "pattern", "route", "takes",
+    __slots__ = ("event", "events", "handler", "is_method", "name", "owner", "pattern", "route", "takes",
                  "timeout", "tokens", "with_message")
 
     def __init__(self, route: Route, tokens: tuple[str, ...], name: str,
@@ -133,8 +136,9 @@ class CompiledRoute:
         self.handler = route.handler
         self.is_method = route.is_method
         self.timeout = route.timeout
-        self.takes, self.event, self.with_message = _signature(route, self.pattern, name,
-                                                               localns or {})
+        self.takes, self.events, self.with_message = _signature(route, self.pattern, name,
+                                                                localns or {})
+        self.event = self.events[0] if len(self.events) == 1 else None
 
     def __repr__(self) -> str:
         return f"<route {self.name} {self.pattern!r} -> {_describe(self.handler)}>"
@@ -302,16 +306,16 @@ def _callable_of(route: Route) -> Callable[..., Any]:
 
 
 def _signature(route: Route, pattern: str, name: str, localns: Mapping[str, Any]
-               ) -> tuple[Takes, type[Any] | None, bool]:
+               ) -> tuple[Takes, tuple[type[Any], ...], bool]:
     """Decide once what a handler receives, from its parameters' annotations."""
-    from amebus.events import event_pattern, is_event_class
+    from amebus.events import is_event_class
 
     func = _callable_of(route)
     where = f"route {name} ({pattern!r}) handler {_describe(route.handler)}"
     try:
         params = list(inspect.signature(func).parameters.values())
     except (TypeError, ValueError):  # builtins without a signature: give them the message
-        return "message", None, False
+        return "message", (), False
     if route.is_method and params:
         params = params[1:]  # self
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
@@ -327,8 +331,18 @@ def _signature(route: Route, pattern: str, name: str, localns: Mapping[str, Any]
     first = hints.get(positional[0].name) if positional else None
     takes: Takes
     event: type[Any] | None = route.event
+    members = typing.get_args(first) if _is_union(first) else ()
     if first is None or first is Any:
         takes = "event" if event is not None else "message"
+    elif members and all(is_event_class(m) for m in members):
+        takes, events = "event", tuple(members)  # told apart by the event-type header
+        if route.event is not None:
+            msg = (f"{where} takes a union of events but the route is declared for "
+                   f"{route.event.__qualname__}; declare the route with a pattern instead")
+            raise ConfigurationError(msg)
+        for member in events:
+            _check_overlap(where, member, pattern)
+        return takes, events, len(required) == 2 and _second_ok(where, hints, required)
     elif is_event_class(first):
         takes, event = "event", first
         if route.event is not None and route.event is not first:
@@ -344,20 +358,33 @@ def _signature(route: Route, pattern: str, name: str, localns: Mapping[str, Any]
                f"annotate it with an Event subclass, bytes, or nats.aio.msg.Msg")
         raise ConfigurationError(msg)
     if event is not None:
-        expected = event_pattern(event)
-        if expected is not None and not intersects(expected, validate_pattern(pattern)):
-            msg = (f"{where} decodes {event.__qualname__}, whose subjects follow "
-                   f"{'.'.join(expected)!r}, but the route's pattern {pattern!r} can never "
-                   f"match them; fix the route's pattern or the event's subject")
-            raise ConfigurationError(msg)
-    with_message = len(required) == 2
-    if with_message:
-        second = hints.get(required[1].name)
-        if second is not None and second is not Any and not _is_nats_msg(second):
-            msg = (f"{where}: second parameter {required[1].name!r} is annotated {second!r}; "
-                   f"the second argument is the raw message (nats.aio.msg.Msg)")
-            raise ConfigurationError(msg)
-    return takes, event, with_message
+        _check_overlap(where, event, pattern)
+    with_message = len(required) == 2 and _second_ok(where, hints, required)
+    return takes, (event,) if event is not None else (), with_message
+
+
+def _check_overlap(where: str, event: type[Any], pattern: str) -> None:
+    from amebus.events import event_pattern
+
+    expected = event_pattern(event)
+    if expected is not None and not intersects(expected, validate_pattern(pattern)):
+        msg = (f"{where} decodes {event.__qualname__}, whose subjects follow "
+               f"{'.'.join(expected)!r}, but the route's pattern {pattern!r} can never "
+               f"match them; fix the route's pattern or the event's subject")
+        raise ConfigurationError(msg)
+
+
+def _second_ok(where: str, hints: Mapping[str, Any], required: list[inspect.Parameter]) -> bool:
+    second = hints.get(required[1].name)
+    if second is not None and second is not Any and not _is_nats_msg(second):
+        msg = (f"{where}: second parameter {required[1].name!r} is annotated {second!r}; "
+               f"the second argument is the raw message (nats.aio.msg.Msg)")
+        raise ConfigurationError(msg)
+    return True
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
 
 def _hints(func: Callable[..., Any], where: str, localns: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,8 @@ import attrs
 
 from amebus.codec import Codec, default_codec
 from amebus.consumer import Handler, JetStreamConsumer, RouteStats, Settings
-from amebus.errors import ConfigurationError, NoRouteError
+from amebus.errors import ConfigurationError, DecodeError, NoRouteError
+from amebus.events import EVENT_TYPE_HEADER
 from amebus.matcher import Matcher
 from amebus.pull import Puller
 from amebus.routing import CompiledRoute, ServiceMeta
@@ -94,12 +95,16 @@ class _Bound:
             type(call).__call__)
         self._takes = route.takes
         self._with_message = route.with_message
-        self._decode: Callable[[bytes], Any] | None = (
-            codec.decoder(route.event) if route.event is not None else None)
+        self._decode: Callable[[Msg], Any] | None = None
+        if route.event is not None:
+            decode = codec.decoder(route.event)
+            self._decode = lambda msg: decode(msg.data)
+        elif route.events:
+            self._decode = _by_header({e.event_type: codec.decoder(e) for e in route.events})
 
     async def __call__(self, msg: Msg) -> Any:
-        if self._decode is not None and self._takes == "event":
-            arg: Any = self._decode(msg.data)
+        if self._decode is not None:
+            arg: Any = self._decode(msg)
         elif self._takes == "payload":
             arg = msg.data
         else:
@@ -295,6 +300,23 @@ class _Ticker:
                     await consumer.nc.publish(msg.reply, b"+WPI")
         elif not puller.buffer:
             self.progress_at = now
+
+
+def _by_header(decoders: Mapping[str, Callable[[bytes], Any]]) -> Callable[[Msg], Any]:
+    """Decode into the union member the message's event-type header names."""
+
+    def decode(msg: Msg) -> Any:
+        name = (msg.headers or {}).get(EVENT_TYPE_HEADER)
+        decoder = decoders.get(name) if name is not None else None
+        if decoder is None:
+            msg_ = (f"message on {msg.subject!r} has {EVENT_TYPE_HEADER} {name!r}; this route "
+                    f"takes {', '.join(sorted(decoders))}: publish with Event.publish, which "
+                    f"sets the header")
+            raise DecodeError(msg_, errors=(f"{EVENT_TYPE_HEADER}: {name!r}",),
+                              size=len(msg.data))
+        return decoder(msg.data)
+
+    return decode
 
 
 def _mounted(service: Service, cls: type[Any]) -> Any:
