@@ -122,8 +122,8 @@ class CompiledRoute:
             an instance of it, made with no arguments); None for the service's own routes.
     """
 
-    __slots__ = ("event", "events", "handler", "is_method", "name", "owner", "pattern", "route", "takes",
-                 "timeout", "tokens", "with_message")
+    __slots__ = ("event", "events", "handler", "is_method", "name", "owner", "pattern", "route",
+                 "takes", "timeout", "tokens", "with_message")
 
     def __init__(self, route: Route, tokens: tuple[str, ...], name: str,
                  localns: Mapping[str, Any] | None = None, owner: type[Any] | None = None
