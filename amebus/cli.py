@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import ssl
 import sys
 import time
 import traceback
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -112,25 +114,35 @@ def _import(name: str) -> Any:
 def load_service(target: str) -> Service:
     """The service instance ``target`` names: a Service subclass (called with no arguments),
     an instance, or a function returning one."""
-    obj = load_object(target)
+    return _instantiate(load_object(target), target)
+
+
+def _instantiate(obj: object, target: str) -> Service:
     if isinstance(obj, Service):
         return obj
     if obj is Service:
         msg = f"{target!r} is amebus.Service itself; name your subclass of it"
         raise CommandError(msg, USAGE)
     is_class = isinstance(obj, type) and issubclass(obj, Service)
-    if not is_class and (isinstance(obj, type) or not callable(obj)):
+    if not callable(obj) or (isinstance(obj, type) and not is_class):
         msg = (f"{target!r} is {_kind(obj)}, not a Service subclass; point at a class "
                f"declared as `class MyService(amebus.Service)`")
         raise CommandError(msg, USAGE)
-    assert callable(obj)
     try:
-        made = obj()
+        inspect.signature(obj).bind()
     except TypeError as exc:
         what = "a Service that takes arguments" if is_class else "a function that takes arguments"
-        msg = (f"{target!r} is {what}, and calling it with none failed ({exc}); point at a "
-               f"module-level instance or a function that builds one, e.g. module:make_service")
+        msg = (f"{target!r} is {what} ({exc}); point at a module-level instance or a function "
+               f"that builds one, e.g. module:make_service")
         raise CommandError(msg, USAGE) from None
+    except ValueError:  # no signature to read: just call it
+        pass
+    try:
+        made = obj()
+    except Exception as exc:  # a bug in the user's constructor: its traceback helps
+        traceback.print_exc()
+        msg = f"{target}() failed: {type(exc).__name__}: {exc} (traceback above)"
+        raise CommandError(msg) from None
     if not isinstance(made, Service):
         msg = f"{target!r} returned {_kind(made)}, not a Service instance"
         raise CommandError(msg, USAGE)
@@ -268,7 +280,7 @@ def _jetstream_error(exc: BaseException, url: str) -> CommandError | None:
 
 # -- run ------------------------------------------------------------------------------------
 
-class _Console(logging.StreamHandler):  # type: ignore[type-arg]
+class _Console(logging.StreamHandler[TextIO]):
     """A log handler that keeps an in-place status line (on a terminal) below the log."""
 
     def __init__(self, stream: TextIO) -> None:
@@ -302,8 +314,9 @@ def _say(message: str) -> None:
 def _status_line(service: Service, rate: float, pending: str) -> str:
     stats = service.stats
     total = stats.total()
+    skipped = f" | skipped {stats.skipped}" if stats.skipped else ""
     return (f"{rate:.1f} msg/s | acked {total.acked} | naked {total.naked} | termed "
-            f"{total.termed} | dead-lettered {total.dead_lettered} | in flight "
+            f"{total.termed} | dead-lettered {total.dead_lettered}{skipped} | in flight "
             f"{stats.in_flight} | pending {pending}")
 
 
@@ -331,24 +344,74 @@ async def _report_status(service: Service, js: JetStreamContext, stream: str, du
             log.info("%s", line)
 
 
+class _Stopper:
+    """SIGINT/SIGTERM: the first cancels serving (graceful), the second exits at once."""
+
+    def __init__(self, console: _Console | None, shutdown_timeout: float) -> None:
+        self.console = console
+        self.shutdown_timeout = shutdown_timeout
+        self.server: NatsServer | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.signum = 0
+        self._loop = asyncio.get_running_loop()
+
+    def __enter__(self) -> _Stopper:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._loop.add_signal_handler(signum, self._on_signal, signum)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self.console is not None:
+            self.console.end()
+        if self.signum:  # the second signal: unsettled messages come back after ack_wait
+            _say(f"{name} again: stopping at once; messages not settled are redelivered "
+                 f"after ack_wait")
+            if self.server is not None:
+                self.server.stop_sync(1.0)
+            sys.stdout.flush()
+            os._exit(128 + signum)
+        self.signum = signum
+        _say(f"{name}: stopping; running handlers get up to {self.shutdown_timeout:g}s (send "
+             f"it again to stop at once)")
+        if self.task is not None:
+            self.task.cancel()
+
+
 async def _run(args: argparse.Namespace, console: _Console | None) -> int:
     service = load_service(args.target)
+    cls = type(service)
+    with _Stopper(console, cls.shutdown_timeout) as stopper:
+        return await _run_with(service, args, console, stopper)
+
+
+async def _run_with(service: Service, args: argparse.Namespace, console: _Console | None,
+                    stopper: _Stopper) -> int:
     cls = type(service)
     overrides: dict[str, Any] = {}
     for name in ("concurrency", "stream", "durable"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     url = _server_url(args)
+    if url is not None and args.store is not None:
+        msg = "--store is for the embedded server; it has no effect with --server or NATS_URL"
+        raise CommandError(msg, USAGE)
     server: NatsServer | None = None
     if url is None:
-        server = await _embedded_server(args.store)
+        server = stopper.server = await _embedded_server(args.store)
         url = server.url
         _say(f"no --server or NATS_URL: started an embedded nats-server at {url}, store "
              f"{server.store_dir}")
     try:
         nc = await connect(url, args, name=f"amebus {cls.__name__}")
         try:
-            return await _serve(service, nc, url, overrides, args, console, server)
+            if stopper.signum:  # stopped while starting
+                return 0
+            return await _serve(service, nc, url, overrides, args, console, stopper)
         finally:
             await _close(nc)
     finally:
@@ -372,33 +435,12 @@ async def _embedded_server(store: str | None) -> NatsServer:
 
 
 async def _serve(service: Service, nc: Client, url: str, overrides: dict[str, Any],
-                 args: argparse.Namespace, console: _Console | None,
-                 server: NatsServer | None) -> int:
+                 args: argparse.Namespace, console: _Console | None, stopper: _Stopper) -> int:
     cls = type(service)
     js = nc.jetstream()
     ready = asyncio.Event()
-    task = asyncio.create_task(service.serve(js, ready=ready, **overrides), name="amebus-serve")
-    loop = asyncio.get_running_loop()
-    stopping: list[int] = []
-
-    def on_signal(signum: int) -> None:
-        if stopping:  # the second signal: stop at once; unsettled messages come back later
-            if console is not None:
-                console.end()
-            _say(f"{signal.Signals(signum).name} again: stopping at once; messages not settled "
-                 f"are redelivered after ack_wait")
-            if server is not None:
-                server.stop_sync(1.0)
-            sys.stdout.flush()
-            os._exit(128 + signum)
-        stopping.append(signum)
-        timeout = overrides.get("shutdown_timeout", cls.shutdown_timeout)
-        _say(f"{signal.Signals(signum).name}: stopping; running handlers get up to "
-             f"{timeout:g}s (send it again to stop at once)")
-        task.cancel()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
+    task = stopper.task = asyncio.create_task(service.serve(js, ready=ready, **overrides),
+                                              name="amebus-serve")
     stream = overrides.get("stream") or cls.stream or ""
     durable = overrides.get("durable") or cls.durable or cls.__name__
     every = 1.0 if console is not None else args.status_interval
@@ -414,14 +456,11 @@ async def _serve(service: Service, nc: Client, url: str, overrides: dict[str, An
     finally:
         if status is not None:
             status.cancel()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
         if console is not None:
             console.end()
-    if not task.cancelled() and task.exception() is not None:
-        exc = task.exception()
-        assert exc is not None
-        if isinstance(exc, AmebusError):
+    exc = None if task.cancelled() else task.exception()
+    if exc is not None:
+        if isinstance(exc, AmebusError | ConnectionError):  # ConnectionError: closed for good
             raise CommandError(str(exc)) from None
         raise _jetstream_error(exc, url) or exc
     total = service.stats.total()
@@ -457,11 +496,24 @@ def _route_rows(cls: type[Service]) -> list[dict[str, Any]]:
     return rows
 
 
+def _service_class(target: str) -> type[Service]:
+    """The class ``target`` names, without building an instance where that can be avoided
+    (a factory function is read from its return annotation, called only without one)."""
+    obj = load_object(target)
+    if isinstance(obj, Service):
+        return type(obj)
+    if inspect.isfunction(obj):
+        with contextlib.suppress(Exception):
+            returns = typing.get_type_hints(obj).get("return")
+            if isinstance(returns, type) and issubclass(returns, Service) and returns.routes:
+                return returns
+    if isinstance(obj, type) and issubclass(obj, Service) and obj is not Service:
+        return obj
+    return type(_instantiate(obj, target))
+
+
 def _routes(args: argparse.Namespace) -> int:
-    obj = load_object(args.target)
-    cls = type(obj) if isinstance(obj, Service) else obj
-    if not (isinstance(cls, type) and issubclass(cls, Service)):
-        cls = type(load_service(args.target))
+    cls = _service_class(args.target)
     rows = _route_rows(cls)
     if args.json:
         print(json.dumps({
@@ -470,6 +522,7 @@ def _routes(args: argparse.Namespace) -> int:
             "durable": cls.durable or cls.__name__,
             "routes": rows,
             "filter_subjects": list(cls.filter_subjects),
+            "server_filter": cls.server_filter,
         }, indent=2))
         return 0
     table = [("PATTERN", "ROUTE", "HANDLER", "RECEIVES")]
@@ -485,7 +538,8 @@ def _routes(args: argparse.Namespace) -> int:
     for line in table:
         cells = (cell.ljust(width) for cell, width in zip(line, [*widths, 0], strict=True))
         print(("  " + "  ".join(cells)).rstrip())
-    print(f"filter subjects: {', '.join(cls.filter_subjects) or '(none)'}")
+    print(f"filter subjects: {', '.join(cls.filter_subjects) or '(none)'} "
+          f"(server_filter {cls.server_filter!r})")
     return 0
 
 
@@ -627,3 +681,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         _say(str(exc))
         return exc.code
+    except BrokenPipeError:  # `amebus routes ... | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
