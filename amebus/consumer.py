@@ -220,8 +220,8 @@ class JetStreamConsumer:
         handler = self._resolve(msg.subject)
         if handler is None and self.skip_unrouted:  # not ours: the server filter was skipped
             self.skipped += 1
-            await self.settle(msg, Decision.ack())
-            return Decision.ack()
+            await self.settle(msg, _ACK)
+            return _ACK
         slot = slot or _Slot(task=asyncio.current_task())
         now = time.monotonic()
         slot.msg, slot.progress_at, slot.timed_out = msg, now, False
@@ -240,17 +240,23 @@ class JetStreamConsumer:
                 events = _events_of(result)
                 if events:
                     await self.publish_events(events)
-            decision = Decision.ack()
-        except asyncio.CancelledError:
-            if not slot.timed_out:  # shutdown: give it back at once, never ack
+            decision = _ACK
+        except asyncio.CancelledError as cancelled:
+            task = asyncio.current_task()
+            if not slot.timed_out and task is not None and not task.cancelling():
+                # Nobody cancelled this worker: the handler raised it (it awaited a future
+                # cancelled elsewhere). An ordinary failure; re-raising would end the worker.
+                decision = await self._failed(msg, handler, stage, cancelled)
+            elif not slot.timed_out:  # shutdown: give it back at once, never ack
                 await self.settle(msg, Decision.nak(0.0), handler)
                 raise
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            where = handler.name if handler is not None else "?"
-            timeout_error = HandlerTimeoutError(f"handler {where} ran past its {timeout}s timeout")
-            decision = await self._failed(msg, handler, stage, timeout_error)
+            else:
+                if task is not None:
+                    task.uncancel()
+                where = handler.name if handler is not None else "?"
+                timeout_error = HandlerTimeoutError(
+                    f"handler {where} ran past its {timeout}s timeout")
+                decision = await self._failed(msg, handler, stage, timeout_error)
         except Nak as nak:
             delay = nak.delay
             if delay is None:
@@ -327,6 +333,20 @@ class JetStreamConsumer:
             "Amebus-Route": failure.route or "",
             "Amebus-Error": _one_line(failure.error),
         })
+        size = len(msg.data) + 12 + sum(len(k.encode()) + len(v.encode()) + 4
+                                        for k, v in headers.items())
+        limit: int | None = getattr(self.nc, "max_payload", None)
+        if limit is not None and size > limit:  # the server would close the connection on it
+            error = ValueError(
+                f"the dead-letter copy would be {size} bytes with its headers, over the "
+                f"server's max_payload of {limit}; termed without a copy (the original stays "
+                f"in stream {failure.stream!r} at sequence {failure.stream_seq} unless the "
+                f"stream's retention removes it)")
+            plain = Decision.term(f"{decision.reason}; not dead-lettered: too large")
+            with contextlib.suppress(Exception):
+                self.tracer.trace(attrs.evolve(failure, stage="post-process", error=error,
+                                               decision=plain))
+            return plain
         try:
             await self.js.publish(subject, msg.data, headers=headers)
         except Exception as exc:  # keep the message: nak instead of term
@@ -392,6 +412,9 @@ class JetStreamConsumer:
 
     def _owner(self) -> str:
         return ", ".join(self.handlers) or "the processor"
+
+
+_ACK = Decision.ack()
 
 
 def _events_of(result: Any) -> list[Any]:

@@ -60,6 +60,7 @@ class Puller:
         self.closed = False
         self.received = 0
         self.error: BaseException | None = None
+        self._unanswered = False  # a request got 503: nothing serves the consumer's subject
 
     async def start(self) -> None:
         """Subscribe the inbox and issue the first request."""
@@ -137,6 +138,10 @@ class Puller:
         status = headers.get("Status", "")
         if status == "100":  # idle heartbeat
             return
+        if status == "503":  # no responders: the consumer is gone, or JetStream is not back yet
+            self.pending = 0  # no refill here (each 503 would send another request at once):
+            self._unanswered = True  # the monitor checks the consumer, then retries
+            return
         cancelled = headers.get("Nats-Pending-Messages")
         if cancelled is not None:
             self.pending = max(0, self.pending - int(cancelled))
@@ -160,10 +165,36 @@ class Puller:
             if not waiter.done():
                 waiter.set_result(None)
 
+    async def _consumer_missing(self) -> bool:
+        """True if the server says the consumer (or its stream) does not exist."""
+        info = self._next_subject.replace(".CONSUMER.MSG.NEXT.", ".CONSUMER.INFO.", 1)
+        try:
+            reply = await self._nc.request(info, b"", timeout=2.0)
+            error = json.loads(reply.data).get("error") or {}
+        except Exception:  # JetStream not answering yet: it may come back
+            return False
+        return error.get("err_code") in (10014, 10059)  # consumer / stream not found
+
     async def _watch(self) -> None:
         """Reissue requests lost to a reconnect, a server restart or an expired request."""
         while not self.closed:
             await asyncio.sleep(min(1.0, self._heartbeat / 2))
+            if self._nc.is_closed:  # closed for good (by the user, or by nats-py on an -ERR)
+                msg = (f"the connection was closed while pulling from {self._next_subject!r}; "
+                       f"no message can arrive or be settled any more, so serving stops")
+                self.error = ConnectionError(msg)
+                self._wake()
+                return
+            if self._unanswered and self._nc.is_connected:
+                self._unanswered = False
+                if await self._consumer_missing():
+                    from amebus.errors import ConfigurationError
+
+                    msg = (f"the pull consumer behind {self._next_subject!r} does not exist; "
+                           f"it was deleted while serving")
+                    self.error = ConfigurationError(msg)
+                    self._wake()
+                    return
             reconnects = self._nc.stats["reconnects"]
             silent = time.monotonic() - self._last_seen > 2 * self._heartbeat
             lost = reconnects != self._reconnects or (silent and self.pending > 0)

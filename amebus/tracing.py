@@ -87,7 +87,9 @@ class ErrorTracer(Protocol):
 class LoggingTracer:
     """The default tracer: one log record per failure on the ``amebus`` logger.
 
-    Retryable failures are logged at WARNING, final ones (term) at ERROR with the traceback.
+    Retryable failures are logged at WARNING, final ones (term) at ERROR; the traceback is
+    logged for handler and post-process failures only (a payload that does not decode, or a
+    subject without a route, is explained by its message alone).
     """
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
@@ -104,6 +106,6 @@ class LoggingTracer:
                 failure.stage, failure.subject, failure.route, failure.stream_seq,
                 failure.deliveries, type(failure.error).__name__, failure.error, d.action,
                 f" {d.delay:g}s" if d.action == "nak" else "",
-                exc_info=failure.error if d.action == "term" else None,
+                exc_info=failure.error if d.action == "term" and failure.retryable else None,
             )
         return None

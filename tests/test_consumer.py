@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
@@ -38,6 +39,7 @@ from amebus import (
 )
 
 TERMINATED = "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED"
+MAX_DELIVERIES = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 
 
 # -- events ---------------------------------------------------------------------------------
@@ -128,7 +130,7 @@ class Probe:
 
     def gaps(self, seq: int) -> list[float]:
         times = [c.at for c in self.deliveries(seq)]
-        return [round(b - a, 3) for a, b in zip(times, times[1:], strict=False)]
+        return [round(b - a, 3) for a, b in itertools.pairwise(times)]
 
 
 def probe_service(pattern: str, probe: Probe, *, timeout: float | None = None) -> Service:
@@ -199,7 +201,7 @@ async def settled(js: JetStreamContext, space: Space, last_seq: int,
         nonlocal info
         info = await js.consumer_info(space.stream, space.durable)
         return (info.num_ack_pending == 0 and info.num_pending == 0
-                and info.ack_floor is not None and info.ack_floor.stream_seq == last_seq)
+                and info.ack_floor is not None and info.ack_floor.stream_seq >= last_seq)
 
     await eventually(check, timeout, what=f"consumer settled up to stream seq {last_seq}")
     assert info is not None
@@ -349,6 +351,35 @@ class TestReturnEvents:
         assert (stats.handled, stats.acked, stats.naked) == (2, 1, 1)
 
 
+    async def test_mixed_result_is_a_post_process_error(self, js: JetStreamContext,
+                                                        space: Space) -> None:
+        """A list mixing events and other values publishes nothing and is retried."""
+
+        def mixed_once(msg: Msg, call: Call) -> list[Any] | None:
+            return [Shipped(space.prefix, "o1"), 42] if call.delivered == 1 else None
+
+        tracer = RecordingTracer()
+        probe = Probe(mixed_once)
+        service = probe_service(space.subject("in"), probe)
+        async with serving(service, js, **space.options(error_tracer=tracer)):
+            await js.publish(space.subject("in"), b"x")
+            await settled(js, space, 1)
+        [failure] = tracer.failures
+        assert (failure.stage, type(failure.error)) == ("post-process", TypeError)
+        assert await stored(js, space.stream, space.subject("shipped")) == []
+        assert [c.delivered for c in probe.calls] == [1, 2]
+
+    async def test_other_values_are_just_acked(self, js: JetStreamContext,
+                                               space: Space) -> None:
+        probe = Probe(lambda msg, call: {"not": "an event"})
+        service = probe_service(space.subject(">"), probe)
+        async with serving(service, js, **space.options()):
+            await js.publish(space.subject("in"), b"x")
+            info = await settled(js, space, 1)
+        assert info.delivered.consumer_seq == 1
+        assert service.stats.total().acked == 1
+
+
 class TestNak:
     """| handler raises amebus.Nak(delay=...) | nak with that delay |"""
 
@@ -390,6 +421,29 @@ class TestNak:
         assert gap < 0.3, gap
 
 
+    async def test_nak_on_last_delivery_stays_a_nak(self, nc: Client, js: JetStreamContext,
+                                                     space: Space,
+                                                     terminated: list[dict[str, Any]]) -> None:
+        """Nak is always a nak: on the last delivery the server gives up, nothing is termed."""
+        exceeded: list[dict[str, Any]] = []
+
+        async def on(msg: Msg) -> None:
+            exceeded.append(json.loads(msg.data))
+
+        sub = await nc.subscribe(f"{MAX_DELIVERIES}.{space.stream}.{space.durable}", cb=on)
+        probe = Probe(raising(Nak(delay=0.1)))
+        service = probe_service(space.subject(">"), probe)
+        async with serving(service, js, **space.options(max_deliver=2)):
+            await js.publish(space.subject("in"), b"x")
+            await eventually(lambda: exceeded, what="the max-deliveries advisory")
+            await asyncio.sleep(0.3)
+        await sub.unsubscribe()
+        assert [c.delivered for c in probe.calls] == [1, 2]
+        assert terminated == []
+        stats = service.stats.total()
+        assert (stats.naked, stats.termed) == (2, 0)
+
+
 class TestTerm:
     """| handler raises amebus.Term(reason=...) | term with the reason |"""
 
@@ -412,6 +466,20 @@ class TestTerm:
         assert tracer.failures == []  # a signal, not a failure
         stats = service.stats.total()
         assert (stats.handled, stats.acked, stats.naked, stats.termed) == (1, 0, 0, 1)
+
+
+    async def test_not_dead_lettered(self, js: JetStreamContext, space: Space,
+                                     terminated: list[dict[str, Any]]) -> None:
+        probe = Probe(raising(Term(reason="duplicate order")))
+        service = probe_service(space.subject("in"), probe)
+        dead = space.subject("dead")
+        async with serving(service, js, **space.options(dead_letter_subject=dead)):
+            await js.publish(space.subject("in"), b"x")
+            await settled(js, space, 1)
+            await eventually(lambda: terminated, what="the term advisory")
+        assert await stored(js, space.stream, dead) == []
+        assert terminated[0]["reason"] == "duplicate order"
+        assert service.stats.total().dead_lettered == 0
 
 
 class TestDecodeError:
@@ -456,6 +524,30 @@ class TestDecodeError:
         assert failure.deliveries == 1
         stats = service.stats.routes["on_paid"]
         assert (stats.handled, stats.acked, stats.termed, stats.naked) == (2, 1, 1, 0)
+
+
+    async def test_dead_lettered_when_configured(self, js: JetStreamContext,
+                                                 space: Space) -> None:
+        async def paid(event: Paid) -> None:
+            pytest.fail("a payload that does not decode reached the handler")
+
+        class Orders(Service):
+            on_paid = Route(space.subject("paid", "*"), paid)
+
+        dead = space.subject("dead")
+        service = Orders()
+        async with serving(service, js, **space.options(dead_letter_subject=dead)):
+            await js.publish(space.subject("paid", "1"), b'{"ns": "a"}')
+            await settled(js, space, 1)
+            await eventually(lambda: service.stats.total().dead_lettered == 1,
+                             what="the dead-letter copy")
+        [letter] = await stored(js, space.stream, dead)
+        headers = letter.headers or {}
+        assert letter.data == b'{"ns": "a"}'
+        assert headers["Amebus-Stage"] == "pre-process"
+        assert headers["Amebus-Route"] == "on_paid"
+        assert headers["Amebus-Deliveries"] == "1"
+        assert "$.order_id" in headers["Amebus-Error"]
 
 
 class TestNoRoute:
@@ -580,6 +672,32 @@ class TestFailureOnLastDelivery:
         stats = service.stats.total()
         assert (stats.termed, stats.dead_lettered) == (1, 1)
         assert [c.delivered for c in probe.calls] == [1, 2]
+
+
+    async def test_dead_letter_publish_failure_is_not_a_term(
+            self, js: JetStreamContext, space: Space, terminated: list[dict[str, Any]],
+            unique_name: Callable[..., str]) -> None:
+        """No stream captures the dead-letter subject: the message is nak'ed, not termed
+        (so it is never termed without its copy), and the failed publish is traced."""
+        tracer = RecordingTracer()
+        probe = Probe(raising(RuntimeError("boom")))
+        service = probe_service(space.subject(">"), probe)
+        nowhere = unique_name("nodlq").lower() + ".dead"
+        options = space.options(max_deliver=2, dead_letter_subject=nowhere,
+                                error_tracer=tracer)
+        async with serving(service, js, **options):
+            await js.publish(space.subject("in"), b"x")
+            await eventually(lambda: len(tracer.failures) == 3, what="three failures traced")
+            await asyncio.sleep(0.3)
+        assert terminated == []
+        business, last, publish = tracer.failures
+        assert (business.stage, business.decision.action) == ("business", "nak")
+        assert (last.stage, last.decision.action) == ("business", "term")
+        assert publish.stage == "post-process"
+        assert publish.decision.action == "nak"
+        assert publish.deliveries == 2
+        stats = service.stats.total()
+        assert (stats.termed, stats.dead_lettered, stats.naked) == (0, 0, 2)
 
 
 class TestTimeout:
@@ -799,6 +917,52 @@ class TestTracerDecision:
         assert [c.delivered for c in probe.calls] == [1, 2]
 
 
+    async def test_term_with_dead_letter(self, js: JetStreamContext, space: Space,
+                                         terminated: list[dict[str, Any]]) -> None:
+        """A tracer may term early and still ask for the dead-letter copy."""
+        tracer = RecordingTracer(lambda failure: Decision.term("poison", dead_letter=True))
+        probe = Probe(raising(RuntimeError("x")))
+        service = probe_service(space.subject("in"), probe)
+        dead = space.subject("dead")
+        options = space.options(max_deliver=5, dead_letter_subject=dead, error_tracer=tracer)
+        async with serving(service, js, **options):
+            await js.publish(space.subject("in"), b"payload")
+            await settled(js, space, 1)
+            await eventually(lambda: terminated, what="the term advisory")
+        [letter] = await stored(js, space.stream, dead)
+        assert letter.data == b"payload"
+        assert (letter.headers or {})["Amebus-Deliveries"] == "1"
+        assert terminated[0]["reason"] == "poison"
+        assert len(probe.calls) == 1
+
+
+class TestHandlerRaisesCancelledError:
+    """A handler that raises CancelledError without being cancelled (it awaited a future
+    cancelled elsewhere) fails like any other exception; its worker keeps serving."""
+
+    async def test_retried_and_worker_survives(self, js: JetStreamContext,
+                                               space: Space) -> None:
+        async def cancelled_elsewhere(msg: Msg, call: Call) -> None:
+            if call.delivered == 1:
+                future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                future.cancel()
+                await future
+
+        tracer = RecordingTracer()
+        probe = Probe(cancelled_elsewhere)
+        service = probe_service(space.subject(">"), probe)
+        options = space.options(concurrency=1, error_tracer=tracer)
+        async with serving(service, js, **options) as task:
+            await js.publish(space.subject("in", "1"), b"x")
+            await js.publish(space.subject("in", "2"), b"x")
+            await settled(js, space, 2)
+            assert not task.done()
+        assert sorted((c.seq, c.delivered) for c in probe.calls) == [
+            (1, 1), (1, 2), (2, 1), (2, 2)]
+        assert [type(f.error) for f in tracer.failures] == [asyncio.CancelledError] * 2
+        assert all(f.decision == Decision.nak(0.1) for f in tracer.failures)
+
+
 class TestHandlerSettlesItself:
     """A handler that settles the message itself and then raises is not settled twice."""
 
@@ -837,6 +1001,32 @@ class TestHandlerSettlesItself:
         assert len(terminated) == 1
         stats = service.stats.total()
         assert (stats.handled, stats.acked, stats.termed) == (1, 0, 0)
+
+
+class TestConcurrency:
+    """``concurrency`` handlers run at once, no more."""
+
+    async def test_bounded(self, js: JetStreamContext, space: Space) -> None:
+        running = peak = 0
+
+        async def busy(msg: Msg, call: Call) -> None:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.05)
+            running -= 1
+
+        probe = Probe(busy)
+        service = probe_service(space.subject(">"), probe)
+        async with serving(service, js, **space.options(concurrency=3)):
+            for i in range(12):
+                await js.publish(space.subject("in", str(i)), b"x")
+            started = time.monotonic()
+            await settled(js, space, 12)
+            elapsed = time.monotonic() - started
+        assert peak == 3
+        assert elapsed < 12 * 0.05  # in parallel, not one after another
+        assert len(probe.calls) == 12
 
 
 class TestStats:
