@@ -69,7 +69,9 @@ def consumer_config(cls: ServiceMeta, options: Mapping[str, Any], durable: str,
         ack_policy=api.AckPolicy.EXPLICIT,
         deliver_policy=api.DeliverPolicy.ALL,
         ack_wait=float(options["ack_wait"]),
-        max_deliver=int(options["max_deliver"]) if options["max_deliver"] > 0 else -1,
+        # One spare delivery beyond amebus's own limit: a failure whose dead-letter copy could
+        # not be stored is nak'ed onto it rather than termed or left unsettled.
+        max_deliver=int(options["max_deliver"]) + 1 if options["max_deliver"] > 0 else -1,
         max_ack_pending=int(options["max_ack_pending"]),
         filter_subject=filters[0] if len(filters) == 1 else "",
         filter_subjects=filters if len(filters) > 1 else None,

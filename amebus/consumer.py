@@ -79,17 +79,22 @@ class Handler(Protocol):
     name: str
     stats: RouteStats
     timeout: float | None
-
-    def __call__(self, msg: Msg, /) -> Awaitable[Any]: ...
+    run: Callable[[Msg], Awaitable[Any]]
 
 
 @attrs.define(eq=False)
 class _Slot:
+    """A worker: the message it holds, since when, and until when its handler may run."""
+
     task: asyncio.Task[None] | None = None
     msg: Msg | None = None
+    started: float = 0.0
     deadline: float = 0.0
     progress_at: float = 0.0
     timed_out: bool = False
+
+
+_NEVER = float("inf")
 
 
 class _ProcessorHandler:
@@ -97,10 +102,7 @@ class _ProcessorHandler:
         self.name = type(processor).__name__
         self.stats = RouteStats()
         self.timeout = timeout
-        self._process = processor.process
-
-    def __call__(self, msg: Msg) -> Awaitable[Any]:
-        return self._process(msg)
+        self.run: Callable[[Msg], Awaitable[Any]] = processor.process
 
 
 class JetStreamConsumer:
@@ -129,11 +131,9 @@ class JetStreamConsumer:
         else:
             self.handlers = dict(getattr(processor, "_amebus_handlers", {}))
         self._resolve = resolve
-        self.in_flight = 0
+        self.owner = type(processor).__name__
         self.stopping = False
         self._slots: list[_Slot] = []
-        self._handled_at_tick = 0
-        self.handled = 0
         self.skipped = 0
         self.skip_unrouted = False
         """Ack (not term) messages no route handles: set when the consumer is unfiltered."""
@@ -218,23 +218,23 @@ class JetStreamConsumer:
     async def handle(self, msg: Msg, slot: _Slot | None = None) -> Decision:
         """Run one message through its handler and settle it; return the decision taken."""
         handler = self._resolve(msg.subject)
-        if handler is None and self.skip_unrouted:  # not ours: the server filter was skipped
-            self.skipped += 1
-            await self.settle(msg, _ACK)
-            return _ACK
-        slot = slot or _Slot(task=asyncio.current_task())
-        now = time.monotonic()
-        slot.msg, slot.progress_at, slot.timed_out = msg, now, False
-        timeout = handler.timeout if handler is not None else None
-        slot.deadline = now + timeout if timeout is not None else float("inf")
-        self.in_flight += 1
-        stage: Stage = "pre-process"
+        if handler is None:
+            return await self._unrouted(msg)
+        if slot is None:
+            slot = _Slot(task=asyncio.current_task())
+        start = time.monotonic()
+        timeout = handler.timeout
+        slot.deadline = start + timeout if timeout is not None else _NEVER
+        slot.started, slot.msg = start, msg  # the watchdog watches it from here
+        stage: Stage = "business"
         try:
-            if handler is None:
-                error = f"no route of {self._owner()} handles subject {msg.subject!r}"
-                raise NoRouteError(error)
-            stage = "business"
-            result = await handler(msg)
+            try:
+                result = await handler.run(msg)
+            finally:
+                slot.deadline = _NEVER  # only the handler itself is timed
+                stats = handler.stats
+                stats.handled += 1
+                stats.handler_seconds += time.monotonic() - start
             if result is not None:
                 stage = "post-process"
                 events = _events_of(result)
@@ -248,35 +248,43 @@ class JetStreamConsumer:
                 # cancelled elsewhere). An ordinary failure; re-raising would end the worker.
                 decision = await self._failed(msg, handler, stage, cancelled)
             elif not slot.timed_out:  # shutdown: give it back at once, never ack
+                slot.msg = None
                 await self.settle(msg, Decision.nak(0.0), handler)
                 raise
             else:
                 if task is not None:
                     task.uncancel()
-                where = handler.name if handler is not None else "?"
-                timeout_error = HandlerTimeoutError(
-                    f"handler {where} ran past its {timeout}s timeout")
-                decision = await self._failed(msg, handler, stage, timeout_error)
+                slot.timed_out = False
+                error = HandlerTimeoutError(f"handler {handler.name} ran past its {timeout}s "
+                                            f"timeout and was cancelled")
+                decision = await self._failed(msg, handler, stage, error)
         except Nak as nak:
-            delay = nak.delay
-            if delay is None:
-                delay = self.settings.retry_delay(_meta(msg.reply)[2])
-            decision = Decision.nak(delay)
+            deliveries = _meta(msg.reply)[2]
+            if 0 < self.settings.max_deliver <= deliveries:  # no delivery left to retry on
+                decision = await self._failed(msg, handler, stage, nak)
+            else:
+                delay = nak.delay
+                decision = Decision.nak(
+                    self.settings.retry_delay(deliveries) if delay is None else delay)
         except Term as term:
             decision = Decision.term(term.reason or "terminated by the handler")
         except BaseException as exc:
-            if isinstance(exc, DecodeError | NoRouteError):
+            if isinstance(exc, DecodeError):
                 stage = "pre-process"
             decision = await self._failed(msg, handler, stage, exc)
         finally:
-            self.in_flight -= 1
             slot.msg = None
-            elapsed = time.monotonic() - now
-            if handler is not None:
-                handler.stats.handled += 1
-                handler.stats.handler_seconds += elapsed
-            self.handled += 1
         await self.settle(msg, decision, handler)
+        return decision
+
+    async def _unrouted(self, msg: Msg) -> Decision:
+        if self.skip_unrouted:  # not ours: the consumer takes the whole stream
+            self.skipped += 1
+            await self.settle(msg, _ACK)
+            return _ACK
+        error = NoRouteError(f"no route of {self.owner} handles subject {msg.subject!r}")
+        decision = await self._failed(msg, None, "pre-process", error)
+        await self.settle(msg, decision)
         return decision
 
     async def publish_events(self, events: list[Any]) -> None:
@@ -293,7 +301,9 @@ class JetStreamConsumer:
         if not retryable:
             decision = Decision.term(f"{stage}: {_one_line(error)}", dead_letter=dead_letter)
         elif 0 < self.settings.max_deliver <= deliveries:
-            reason = f"failed on delivery {deliveries} of {self.settings.max_deliver}: "
+            limit = self.settings.max_deliver
+            reason = (f"failed on delivery {deliveries} of {limit}: " if deliveries <= limit else
+                      f"failed on delivery {deliveries} (the spare after max_deliver {limit}): ")
             decision = Decision.term(reason + _one_line(error), dead_letter=dead_letter)
         else:
             decision = Decision.nak(self.settings.retry_delay(deliveries))
@@ -349,8 +359,14 @@ class JetStreamConsumer:
             return plain
         try:
             await self.js.publish(subject, msg.data, headers=headers)
-        except Exception as exc:  # keep the message: nak instead of term
-            retry = Decision.nak(self.settings.retry_delay(failure.deliveries))
+        except Exception as exc:
+            # Keep the message: nak it onto the spare delivery the consumer holds for this
+            # (its server max_deliver is one more than ours). Once that is spent, a nak would
+            # leave it unsettled for good, so it is termed with the reason.
+            spare = 0 < self.settings.max_deliver <= failure.deliveries - 1
+            retry = (Decision.term(f"{decision.reason}; the dead-letter copy failed too: "
+                                   f"{_one_line(exc)}") if spare else
+                     Decision.nak(self.settings.retry_delay(failure.deliveries)))
             post = attrs.evolve(failure, stage="post-process", error=exc, decision=retry)
             with contextlib.suppress(Exception):
                 self.tracer.trace(post)
@@ -402,7 +418,7 @@ class JetStreamConsumer:
                 if now >= slot.deadline and not slot.timed_out and slot.task is not None:
                     slot.timed_out = True
                     slot.task.cancel()
-                elif now - slot.progress_at >= progress_every and msg.reply:
+                elif now - max(slot.progress_at, slot.started) >= progress_every and msg.reply:
                     slot.progress_at = now
                     with contextlib.suppress(Exception):
                         await self.nc.publish(msg.reply, b"+WPI")
@@ -410,8 +426,15 @@ class JetStreamConsumer:
                 await self.on_tick(now - last)
             last = now
 
-    def _owner(self) -> str:
-        return ", ".join(self.handlers) or "the processor"
+    @property
+    def in_flight(self) -> int:
+        """Messages being handled now."""
+        return sum(1 for slot in self._slots if slot.msg is not None)
+
+    @property
+    def handled(self) -> int:
+        """Messages whose handler has run, over every route."""
+        return sum(handler.stats.handled for handler in self.handlers.values())
 
 
 _ACK = Decision.ack()

@@ -115,6 +115,10 @@ class Nak(Exception):
         super().__init__(delay)
         self.delay = delay
 
+    def __str__(self) -> str:
+        after = "the retry backoff" if self.delay is None else f"{self.delay:g}s"
+        return f"the handler asked for redelivery after {after}"
+
 
 class Term(Exception):
     """Raised by a handler to stop redelivery of the message for good, with a reason."""

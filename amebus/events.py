@@ -318,6 +318,7 @@ def _prepare(event: Event, msg_id: str | None,
 
 async def _publish_one(js: JetStreamContext, subject: str, payload: bytes,
                        hdrs: dict[str, str], timeout: float | None) -> PubAck:
+    _check_size(_connection(js), subject, payload, hdrs)
     try:
         return await js.publish(subject, payload, timeout=timeout, headers=hdrs)
     except nats.js.errors.NoStreamResponseError:
@@ -332,6 +333,19 @@ async def _publish_one(js: JetStreamContext, subject: str, payload: bytes,
     except (nats.errors.Error, ValueError) as err:
         msg = f"publishing to {subject!r} failed: {err!r}"
         raise PublishError(msg, subject=subject) from err
+
+
+def _check_size(nc: NATS, subject: str, payload: bytes, hdrs: Mapping[str, str]) -> None:
+    """Refuse what the server would refuse: it counts headers too, and answers an oversized
+    message with -ERR, on which nats-py closes the connection for good."""
+    limit = nc.max_payload
+    size = len(payload) + 12 + sum(len(k.strip().encode()) + len(v.strip().encode()) + 4
+                                   for k, v in hdrs.items())
+    if size > limit:
+        msg = (f"the event for {subject!r} is {size} bytes with its headers ({len(payload)} "
+               f"of payload), over the server's max_payload of {limit} bytes; nothing was "
+               f"sent: make the event smaller or raise max_payload in the server config")
+        raise PublishError(msg, subject=subject)
 
 
 def _no_stream(subject: str) -> NoStreamError:

@@ -12,7 +12,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -69,10 +69,13 @@ class ServiceStats:
 
 
 class _Bound:
-    """A compiled route bound to a service instance: decodes, then calls its handler."""
+    """A compiled route bound to a service instance.
 
-    __slots__ = ("_call", "_decode", "_is_async", "_takes", "_with_message", "name", "route",
-                 "stats", "timeout")
+    ``run(msg)`` decodes the message as the handler asked and returns the handler's awaitable:
+    for an async handler its own coroutine, with no wrapper on the per-message path.
+    """
+
+    __slots__ = ("name", "route", "run", "stats", "timeout")
 
     def __init__(self, route: CompiledRoute, service: Service, codec: Codec,
                  default_timeout: float | None) -> None:
@@ -90,29 +93,43 @@ class _Bound:
             call = handler.process
         else:
             call = handler
-        self._call: Callable[..., Any] = call
-        self._is_async = inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(
+        is_async = inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(
             type(call).__call__)
-        self._takes = route.takes
-        self._with_message = route.with_message
-        self._decode: Callable[[Msg], Any] | None = None
-        if route.event is not None:
-            decode = codec.decoder(route.event)
-            self._decode = lambda msg: decode(msg.data)
-        elif route.events:
-            self._decode = _by_header({e.event_type: codec.decoder(e) for e in route.events})
-
-    async def __call__(self, msg: Msg) -> Any:
-        if self._decode is not None:
-            arg: Any = self._decode(msg)
-        elif self._takes == "payload":
-            arg = msg.data
+        arg = _argument(route, codec)
+        run: Callable[[Msg], Any]
+        if route.with_message:
+            run = lambda msg: call(arg(msg), msg)  # noqa: E731
+        elif arg is _as_message:
+            run = call
         else:
-            arg = msg
-        result = self._call(arg, msg) if self._with_message else self._call(arg)
-        if self._is_async or inspect.isawaitable(result):
-            return await result
-        return result
+            run = lambda msg: call(arg(msg))  # noqa: E731
+        self.run: Callable[[Msg], Awaitable[Any]] = run if is_async else _awaitable(run)
+
+
+def _argument(route: CompiledRoute, codec: Codec) -> Callable[[Msg], Any]:
+    """What the handler's first parameter receives, as a function of the message."""
+    if route.event is not None:
+        decode = codec.decoder(route.event)
+        return lambda msg: decode(msg.data)
+    if route.events:
+        return _by_header({e.event_type: codec.decoder(e) for e in route.events})
+    if route.takes == "payload":
+        return lambda msg: msg.data
+    return _as_message
+
+
+def _as_message(msg: Msg) -> Msg:
+    return msg
+
+
+def _awaitable(run: Callable[[Msg], Any]) -> Callable[[Msg], Awaitable[Any]]:
+    """Wrap a sync handler (run on the event loop); an awaitable it returns is awaited."""
+
+    async def sync(msg: Msg) -> Any:
+        result = run(msg)
+        return await result if inspect.isawaitable(result) else result
+
+    return sync
 
 
 class Service(metaclass=ServiceMeta):
@@ -174,7 +191,7 @@ class Service(metaclass=ServiceMeta):
         if handler is None:
             msg = f"no route of {type(self).__name__} handles subject {input.subject!r}"
             raise NoRouteError(msg)
-        return await handler(input)
+        return await handler.run(input)
 
     def _amebus_resolver(self) -> Callable[[str], Handler | None]:
         bound = self.__dict__.get("_amebus_bound")

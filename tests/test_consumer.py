@@ -421,27 +421,23 @@ class TestNak:
         assert gap < 0.3, gap
 
 
-    async def test_nak_on_last_delivery_stays_a_nak(self, nc: Client, js: JetStreamContext,
-                                                     space: Space,
-                                                     terminated: list[dict[str, Any]]) -> None:
-        """Nak is always a nak: on the last delivery the server gives up, nothing is termed."""
-        exceeded: list[dict[str, Any]] = []
-
-        async def on(msg: Msg) -> None:
-            exceeded.append(json.loads(msg.data))
-
-        sub = await nc.subscribe(f"{MAX_DELIVERIES}.{space.stream}.{space.durable}", cb=on)
+    async def test_nak_on_last_delivery_is_termed_and_traced(
+            self, js: JetStreamContext, space: Space,
+            terminated: list[dict[str, Any]]) -> None:
+        """A nak on the last delivery could never be redelivered: it is termed, with a reason."""
+        tracer = RecordingTracer()
         probe = Probe(raising(Nak(delay=0.1)))
         service = probe_service(space.subject(">"), probe)
-        async with serving(service, js, **space.options(max_deliver=2)):
+        async with serving(service, js, error_tracer=tracer, **space.options(max_deliver=2)):
             await js.publish(space.subject("in"), b"x")
-            await eventually(lambda: exceeded, what="the max-deliveries advisory")
-            await asyncio.sleep(0.3)
-        await sub.unsubscribe()
+            await eventually(lambda: terminated, what="the term advisory")
         assert [c.delivered for c in probe.calls] == [1, 2]
-        assert terminated == []
+        assert terminated[0]["reason"] == ("failed on delivery 2 of 2: Nak: the handler asked "
+                                           "for redelivery after 0.1s")
+        assert [(f.stage, f.deliveries, f.decision.action) for f in tracer.failures] == [
+            ("business", 2, "term")]
         stats = service.stats.total()
-        assert (stats.naked, stats.termed) == (2, 0)
+        assert (stats.naked, stats.termed) == (1, 1)
 
 
 class TestTerm:
@@ -674,11 +670,13 @@ class TestFailureOnLastDelivery:
         assert [c.delivered for c in probe.calls] == [1, 2]
 
 
-    async def test_dead_letter_publish_failure_is_not_a_term(
+    async def test_dead_letter_publish_failure_uses_the_spare_delivery(
             self, js: JetStreamContext, space: Space, terminated: list[dict[str, Any]],
             unique_name: Callable[..., str]) -> None:
-        """No stream captures the dead-letter subject: the message is nak'ed, not termed
-        (so it is never termed without its copy), and the failed publish is traced."""
+        """No stream captures the dead-letter subject: the last delivery is nak'ed onto the
+        consumer's one spare delivery (never termed without its copy while a try is left);
+        when the copy fails again there, the message is termed with both reasons. Every
+        step is traced."""
         tracer = RecordingTracer()
         probe = Probe(raising(RuntimeError("boom")))
         service = probe_service(space.subject(">"), probe)
@@ -687,17 +685,16 @@ class TestFailureOnLastDelivery:
                                 error_tracer=tracer)
         async with serving(service, js, **options):
             await js.publish(space.subject("in"), b"x")
-            await eventually(lambda: len(tracer.failures) == 3, what="three failures traced")
-            await asyncio.sleep(0.3)
-        assert terminated == []
-        business, last, publish = tracer.failures
-        assert (business.stage, business.decision.action) == ("business", "nak")
-        assert (last.stage, last.decision.action) == ("business", "term")
-        assert publish.stage == "post-process"
-        assert publish.decision.action == "nak"
-        assert publish.deliveries == 2
+            await eventually(lambda: terminated, what="the term advisory")
+        assert [c.delivered for c in probe.calls] == [1, 2, 3]
+        assert [(f.stage, f.deliveries, f.decision.action) for f in tracer.failures] == [
+            ("business", 1, "nak"), ("business", 2, "term"), ("post-process", 2, "nak"),
+            ("business", 3, "term"), ("post-process", 3, "term")]
+        reason = terminated[0]["reason"]
+        assert reason.startswith("failed on delivery 3 (the spare after max_deliver 2): "
+                                 "RuntimeError: boom; the dead-letter copy failed too: ")
         stats = service.stats.total()
-        assert (stats.termed, stats.dead_lettered, stats.naked) == (0, 0, 2)
+        assert (stats.termed, stats.dead_lettered, stats.naked) == (1, 0, 2)
 
 
 class TestTimeout:
