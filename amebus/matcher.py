@@ -66,15 +66,25 @@ class Matcher(Generic[T]):
 
 
 def _search(node: _Node[T], tokens: list[str], index: int) -> T | None:
-    if index == len(tokens):
-        return node.end
-    child = node.literal.get(tokens[index])
-    if child is not None:
-        found = _search(child, tokens, index + 1)
-        if found is not None:
-            return found
-    if node.star is not None:
-        found = _search(node.star, tokens, index + 1)
-        if found is not None:
-            return found
-    return node.tail
+    # Walk down while there is one way to go; recurse only where a later step could fail
+    # and a less specific alternative (``*`` or ``>``) must then be tried.
+    end = len(tokens)
+    while index < end:
+        child = node.literal.get(tokens[index])
+        star, tail = node.star, node.tail
+        if child is not None:
+            if star is None and tail is None:
+                node, index = child, index + 1
+                continue
+            found = _search(child, tokens, index + 1)
+            if found is not None:
+                return found
+        if star is not None:
+            if tail is None:
+                node, index = star, index + 1
+                continue
+            found = _search(star, tokens, index + 1)
+            if found is not None:
+                return found
+        return tail
+    return node.end

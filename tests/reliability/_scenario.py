@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -41,13 +42,18 @@ __all__ = [
     "Recorder",
     "Records",
     "WorkerProcess",
+    "close",
     "connect",
+    "consumer_info",
+    "count_done",
     "ensure_stream",
     "job_ids",
     "publish_jobs",
     "read_records",
     "scaled",
     "settled_consumer",
+    "stalls",
+    "tally",
     "wait_for",
     "wait_until_done",
 ]
@@ -170,16 +176,33 @@ class Records:
         """Ids started on a second (or later) delivery."""
         return len({line.id for line in self.lines if line.kind == "start" and line.delivery > 1})
 
+    def stalled(self, moment: float, until: float | None = None) -> float:
+        """The longest stretch without a completed job from ``moment`` to ``until`` (or to
+        the last completion): how long the fault at ``moment`` stopped the work."""
+        times = sorted(line.at for line in self.lines if line.kind == "done"
+                       and line.at >= moment and (until is None or line.at <= until))
+        if not times:
+            return float("inf")
+        points = [moment, *times]
+        return max(b - a for a, b in itertools.pairwise(points))
+
+    def orphans_done_in(self, label: str, moment: float) -> float | None:
+        """Seconds from ``moment`` until the last job ``label`` started but never finished
+        was completed by someone else (None if it left none)."""
+        started = {line.id for line in self.lines if line.kind == "start" and line.label == label}
+        finished = {line.id for line in self.lines if line.kind == "done" and line.label == label}
+        done = self.done()
+        times = [min(line.at for line in done.get(i, []) if line.at > moment) - moment
+                 for i in started - finished
+                 if any(line.at > moment for line in done.get(i, []))]
+        return max(times) if times else None
+
     def by_label(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for line in self.lines:
             if line.kind == "done":
                 out[line.label] = out.get(line.label, 0) + 1
         return out
-
-    def first_done_after(self, moment: float) -> float | None:
-        times = [line.at for line in self.lines if line.kind == "done" and line.at > moment]
-        return min(times) if times else None
 
 
 def read_records(directory: Path) -> Records:
@@ -405,20 +428,30 @@ class Outcome:
     faults: str
     lost: int
     duplicates: int
-    recovery_seconds: list[float] = attrs.Factory(list)
+    stalled_seconds: list[float] = attrs.Factory(list)
+    """Per fault: the longest stretch without a completed job after it (``Records.stalled``)."""
+    recovered_seconds: list[float] = attrs.Factory(list)
+    """Per fault: from the fault until the jobs it interrupted were completed."""
     seconds: float = 0.0
     extra: dict[str, Any] = attrs.Factory(dict)
 
     def report(self) -> None:
         data = attrs.asdict(self)
         data["mode"] = "full" if FULL else "short"
-        data["recovery_seconds"] = [round(value, 3) for value in self.recovery_seconds]
+        for key in ("stalled_seconds", "recovered_seconds"):
+            data[key] = [round(value, 3) for value in data[key]]
         data["seconds"] = round(self.seconds, 2)
         print(f"\n[reliability] {json.dumps(data)}")
         path = os.environ.get("AMEBUS_RELIABILITY_REPORT")
         if path:
             with open(path, "a") as file:
                 file.write(json.dumps(data) + "\n")
+
+
+def stalls(records: Records, faults: Sequence[float]) -> list[float]:
+    """``Records.stalled`` for each fault, each up to the next fault."""
+    ends: list[float | None] = [*faults[1:], None]
+    return [records.stalled(at, end) for at, end in zip(faults, ends, strict=True)]
 
 
 def tally(ids: Iterable[str], records: Records) -> tuple[int, int, list[str]]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _scenario import JobService, Recorder, close, connect  # noqa: E402
+from _scenario import JobService, Recorder, close, connect
 
 
 def _write_status(path: Path, data: dict[str, object]) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _scenario import WorkerProcess  # noqa: E402
+from _scenario import WorkerProcess
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
