@@ -51,7 +51,7 @@ class Puller:
         self._request_body = b""
         self.pending = 0  # messages requested and not yet received
         self.buffer: deque[Msg] = deque()
-        self._waiters: set[asyncio.Future[None]] = set()  # one per worker waiting in next()
+        self._waiters: deque[asyncio.Future[None]] = deque()  # workers waiting in next()
         self._sub: Subscription | None = None
         self._inbox = ""
         self._last_seen = 0.0
@@ -99,11 +99,13 @@ class Puller:
             if self.error is not None:
                 raise self.error
             waiter = asyncio.get_running_loop().create_future()
-            self._waiters.add(waiter)
+            self._waiters.append(waiter)
             try:
                 await waiter
-            finally:
-                self._waiters.discard(waiter)
+            except BaseException:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                raise
         msg = self.buffer.popleft()
         if self.pending + len(self.buffer) <= self.limit // 2 and not self.closed:
             await self.refill()
@@ -132,7 +134,8 @@ class Puller:
         self.pending = max(0, self.pending - 1)
         self.received += 1
         self.buffer.append(msg)
-        self._wake()
+        if self._waiters:
+            self._wake(everyone=False)
 
     async def _on_status(self, headers: dict[str, str]) -> None:
         status = headers.get("Status", "")
@@ -160,10 +163,14 @@ class Puller:
             self.pending = 0  # the request ended; do not wait for it
         await self.refill()
 
-    def _wake(self) -> None:
-        for waiter in self._waiters:  # each rechecks the buffer; those left empty wait again
+    def _wake(self, *, everyone: bool = True) -> None:
+        """Wake waiting workers: one per new message, or all of them to see an end or error."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+                if not everyone:
+                    return
 
     async def _consumer_missing(self) -> bool:
         """True if the server says the consumer (or its stream) does not exist."""

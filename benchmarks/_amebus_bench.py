@@ -73,12 +73,13 @@ def build_service(work: Workload, target: Target) -> Any:
     return Orders()
 
 
-async def amebus_serve(work: Workload, target: Target) -> None:
+async def amebus_serve(work: Workload, target: Target, concurrency: int = 1) -> None:
     """Serve the bench Service until every message is handled, then cancel it."""
     service = build_service(work, target)
     nc = await nats.connect(target.url, name="amebus-bench", allow_reconnect=False)
     ready = asyncio.Event()
-    serving = asyncio.create_task(service.serve(nc.jetstream(), ready=ready))
+    serving = asyncio.create_task(service.serve(nc.jetstream(), ready=ready,
+                                                concurrency=concurrency))
     waiting = asyncio.create_task(ready.wait())
     await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
     if serving.done():  # serve() returned or failed before it was ready

@@ -16,6 +16,7 @@ to the last, CPU seconds over the same window, counts, acks, and peak RSS.
 from __future__ import annotations
 
 import argparse
+import functools
 import asyncio
 import contextlib
 import json
@@ -49,7 +50,7 @@ from benchmarks._baselines import APPROACHES, NO_ACK, ROUTES, Target, Unavailabl
 __all__ = ["main"]
 
 STREAM = "BENCH"
-_ALL = (*APPROACHES, "amebus")
+_ALL = (*APPROACHES, "amebus", "amebus_c8")
 _ROOT = Path(__file__).resolve().parents[1]
 _ROUTE_CYCLE = ("created",) * 4 + ("paid",) * 3 + ("cancelled",) + ("invoice",) * 2
 
@@ -81,7 +82,9 @@ def _split(n: int) -> dict[str, int]:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    approach = amebus_serve if args.worker == "amebus" else APPROACHES[args.worker]
+    approach = (amebus_serve if args.worker == "amebus" else
+                functools.partial(amebus_serve, concurrency=8) if args.worker == "amebus_c8" else
+                APPROACHES[args.worker])
     work = Workload(args.messages)
     target = Target(args.url, STREAM, args.durable, lambda: print("ready", flush=True))
     report: dict[str, Any] = {"status": "ok"}
