@@ -16,9 +16,9 @@ to the last, CPU seconds over the same window, counts, acks, and peak RSS.
 from __future__ import annotations
 
 import argparse
-import functools
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import resource
