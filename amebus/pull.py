@@ -126,13 +126,14 @@ class Puller:
             log.debug("pull request failed: %r", exc)
 
     async def _on_msg(self, msg: Msg) -> None:
-        self._last_seen = time.monotonic()
         headers = msg.headers
         if headers and not msg.reply and "Status" in headers:
+            self._last_seen = time.monotonic()
             await self._on_status(headers)
             return
-        self.pending = max(0, self.pending - 1)
-        self.received += 1
+        if self.pending:
+            self.pending -= 1
+        self.received += 1  # the monitor notices that something arrived
         self.buffer.append(msg)
         if self._waiters:
             self._wake(everyone=False)
@@ -184,6 +185,7 @@ class Puller:
 
     async def _watch(self) -> None:
         """Reissue requests lost to a reconnect, a server restart or an expired request."""
+        received = self.received
         while not self.closed:
             await asyncio.sleep(min(1.0, self._heartbeat / 2))
             if self._nc.is_closed:  # closed for good (by the user, or by nats-py on an -ERR)
@@ -202,6 +204,8 @@ class Puller:
                     self.error = ConfigurationError(msg)
                     self._wake()
                     return
+            if self.received != received:
+                received, self._last_seen = self.received, time.monotonic()
             reconnects = self._nc.stats["reconnects"]
             silent = time.monotonic() - self._last_seen > 2 * self._heartbeat
             lost = reconnects != self._reconnects or (silent and self.pending > 0)
