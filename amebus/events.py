@@ -426,23 +426,29 @@ async def publish_many(js: JetStreamContext, events: Iterable[Event], *,
 
     Raises:
         SubjectError: an event's subject is invalid; nothing was published.
+        PublishError: an event is over the server's max_payload; nothing was published.
         BatchPublishError: some events were not stored; ``acks`` holds one ack or ``None``
             per event, ``failures`` maps the index of each failed event to its error.
     """
     items = []
+    nc = _connection(js)
     for index, event in enumerate(events):
         try:
-            items.append(_prepare(event, None, None))
+            item = _prepare(event, None, None)
+            _check_size(nc, *item)
         except SubjectError as err:
             msg = f"events[{index}]: {err}; nothing was published"
             raise SubjectError(msg) from None
+        except PublishError as err:  # too large: the server would close the connection
+            msg = f"events[{index}]: {err}; nothing of the batch was published"
+            raise PublishError(msg, subject=err.subject) from None
+        items.append(item)
     wait = DEFAULT_TIMEOUT if timeout is None else timeout
     if len(items) <= 1:  # a handler's single result: skip the batch's own reply subscription
         try:
             return [await _publish_one(js, *items[0], wait)] if items else []
         except PublishError as err:
             raise _batch_error([None], {0: err}) from None
-    nc = _connection(js)
     inbox = nc.new_inbox()
     batch = _Batch([subject for subject, _, _ in items], inbox)
     try:

@@ -583,6 +583,19 @@ class TestPublishMany:
             f"with dots would publish to a different subject; nothing was published")
         assert await message_count(js, stream) == 0
 
+    async def test_an_event_over_max_payload_stops_the_batch_before_sending(
+            self, js: JetStreamContext, nc: Client, stream: Stream) -> None:
+        huge = "x" * (nc.max_payload + 1)
+        batch = [Scoped(stream.prefix, "ok", "1"), Scoped(stream.prefix, "big", huge)]
+        with pytest.raises(PublishError) as caught:
+            await publish_many(js, batch)
+        message = str(caught.value)
+        assert message.startswith("events[1]: the event for ")
+        assert f"over the server's max_payload of {nc.max_payload} bytes" in message
+        assert message.endswith("nothing of the batch was published")
+        assert await message_count(js, stream) == 0
+        assert nc.is_connected  # the server never saw it, so it did not close the connection
+
     async def test_failures_are_reported_with_the_acks(
             self, js: JetStreamContext, stream: Stream, unique_name: Callable[..., str]) -> None:
         nowhere = unique_name("nowhere")
