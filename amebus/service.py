@@ -216,6 +216,9 @@ class Service(metaclass=ServiceMeta):
         if stats is None:
             routes = {name: h.stats for name, h in self._amebus_handlers.items()}
             stats = self.__dict__["_amebus_stats"] = ServiceStats(routes=routes)
+        live = self.__dict__.get("_amebus_live")
+        if live is not None:  # serving: read the engine's counters now
+            _read_engine(stats, *live)
         return stats
 
     # -- serving ----------------------------------------------------------------------------
@@ -267,9 +270,9 @@ class Service(metaclass=ServiceMeta):
         if option["max_ack_pending"] > 0:
             batch = min(batch, option["max_ack_pending"])  # the server delivers no more anyway
         puller = Puller(nc, stream, durable, batch=batch, api_prefix=api_prefix)
-        stats = self.stats
         await puller.start()
-        consumer.on_tick = _Ticker(consumer, puller, stats, settings).tick
+        consumer.on_tick = _Ticker(consumer, puller, settings).tick
+        self.__dict__["_amebus_live"] = (consumer, puller)
         log.info("%s serving %s on stream %s as durable %s", cls.__name__,
                  ", ".join(cls.filter_subjects), stream, durable)
         if ready is not None:
@@ -285,14 +288,20 @@ class Service(metaclass=ServiceMeta):
             if not puller.closed:
                 with contextlib.suppress(Exception):
                     await stop_pulling()
+            _read_engine(self.stats, consumer, puller)  # keep the final counts
+            del self.__dict__["_amebus_live"]
+
+
+def _read_engine(stats: ServiceStats, consumer: JetStreamConsumer, puller: Puller) -> None:
+    stats.received, stats.skipped = puller.received, consumer.skipped
+    stats.in_flight, stats.buffered = consumer.in_flight, len(puller.buffer)
 
 
 class _Ticker:
     """Per watchdog tick: bound the pull engine by throughput, keep buffered messages alive."""
 
-    def __init__(self, consumer: JetStreamConsumer, puller: Puller, stats: ServiceStats,
-                 settings: Settings) -> None:
-        self.consumer, self.puller, self.stats, self.settings = consumer, puller, stats, settings
+    def __init__(self, consumer: JetStreamConsumer, puller: Puller, settings: Settings) -> None:
+        self.consumer, self.puller, self.settings = consumer, puller, settings
         self.handled = 0
         self.progress_at = time.monotonic()
 
@@ -300,10 +309,6 @@ class _Ticker:
         consumer, puller, settings = self.consumer, self.puller, self.settings
         done = consumer.handled - self.handled
         self.handled = consumer.handled
-        self.stats.received = puller.received
-        self.stats.skipped = consumer.skipped
-        self.stats.in_flight = consumer.in_flight
-        self.stats.buffered = len(puller.buffer)
         if puller.buffer and elapsed > 0:  # busy, not starved: hold what ack_wait/4 can start
             fits = int(done / elapsed * settings.ack_wait / 4)
             puller.limit = max(2 * settings.concurrency, min(puller.batch, fits))
