@@ -152,7 +152,7 @@ class Service(metaclass=ServiceMeta):
             no limit). ``Route(..., timeout=)`` overrides it per route.
         dead_letter_subject: where a copy of each termed failing message is published.
         shutdown_timeout: seconds running handlers get to finish when serving stops (10).
-        batch: the most messages held by the pull engine (256).
+        batch: the most messages held by the pull engine (512).
         server_filter: ``"routes"``: the consumer filters on ``filter_subjects``, so unrouted
             subjects never arrive; ``"stream"``: the consumer takes the whole stream and
             unrouted messages are acked unhandled (counted in ``stats.skipped``); ``"auto"``
@@ -174,7 +174,7 @@ class Service(metaclass=ServiceMeta):
     timeout: ClassVar[float | None] = 300.0
     dead_letter_subject: ClassVar[str | None] = None
     shutdown_timeout: ClassVar[float] = 10.0
-    batch: ClassVar[int] = 256
+    batch: ClassVar[int] = 512
     server_filter: ClassVar[str] = "auto"
     converter: ClassVar[Any] = None
     error_tracer: ClassVar[ErrorTracer | None] = None
