@@ -181,6 +181,9 @@ class JetStreamConsumer:
             raise
         finally:
             self.stopping = True
+            for task in workers:  # after a worker's failure: the others stop too (nak 0)
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog

@@ -39,7 +39,7 @@ class Puller:
         api_prefix: the JetStream API prefix (``$JS.API``).
     """
 
-    def __init__(self, nc: Client, stream: str, durable: str, *, batch: int = 256,
+    def __init__(self, nc: Client, stream: str, durable: str, *, batch: int = 512,
                  expires: float = 30.0, heartbeat: float = 5.0,
                  api_prefix: str = "$JS.API") -> None:
         self._nc = nc
@@ -48,7 +48,6 @@ class Puller:
         self.limit = self.batch  # the current bound; the consumer lowers it for slow handlers
         self._expires_ns = int(expires * 1e9)
         self._heartbeat = heartbeat
-        self._request_body = b""
         self.pending = 0  # messages requested and not yet received
         self.buffer: deque[Msg] = deque()
         self._waiters: deque[asyncio.Future[None]] = deque()  # workers waiting in next()
