@@ -19,7 +19,8 @@ from amebus.errors import (
     SubjectError,
     Term,
 )
-from amebus.events import EVENT_TYPE_HEADER, Event, publish_many, subject_of
+from amebus.events import EVENT_TYPE_HEADER, Event, subject_of
+from amebus.publish import publish_many
 from amebus.routing import CompiledRoute, Route, Router
 from amebus.service import Service, ServiceStats
 from amebus.tracing import Decision, ErrorTracer, Failure, LoggingTracer

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
+from amebus.deadletter import one_line, publish_dead_letter, reply_meta
 from amebus.errors import DecodeError, Nak, NoRouteError, Term
 from amebus.tracing import Decision, ErrorTracer, Failure, LoggingTracer, Stage
 
@@ -262,7 +263,7 @@ class JetStreamConsumer:
                                             f"timeout and was cancelled")
                 decision = await self._failed(msg, handler, stage, error)
         except Nak as nak:
-            deliveries = _meta(msg.reply)[2]
+            deliveries = reply_meta(msg.reply)[2]
             if 0 < self.settings.max_deliver <= deliveries:  # no delivery left to retry on
                 decision = await self._failed(msg, handler, stage, nak)
             else:
@@ -292,22 +293,22 @@ class JetStreamConsumer:
 
     async def publish_events(self, events: list[Any]) -> None:
         """Publish a handler's result events, waiting for the stream to store each one."""
-        from amebus.events import publish_many
+        from amebus.publish import publish_many
 
         await publish_many(self.js, events)
 
     async def _failed(self, msg: Msg, handler: Handler | None, stage: Stage,
                       error: BaseException) -> Decision:
-        stream, seq, deliveries = _meta(msg.reply)
+        stream, seq, deliveries = reply_meta(msg.reply)
         retryable = stage != "pre-process"
         dead_letter = self.settings.dead_letter_subject is not None
         if not retryable:
-            decision = Decision.term(f"{stage}: {_one_line(error)}", dead_letter=dead_letter)
+            decision = Decision.term(f"{stage}: {one_line(error)}", dead_letter=dead_letter)
         elif 0 < self.settings.max_deliver <= deliveries:
             limit = self.settings.max_deliver
             reason = (f"failed on delivery {deliveries} of {limit}: " if deliveries <= limit else
                       f"failed on delivery {deliveries} (the spare after max_deliver {limit}): ")
-            decision = Decision.term(reason + _one_line(error), dead_letter=dead_letter)
+            decision = Decision.term(reason + one_line(error), dead_letter=dead_letter)
         else:
             decision = Decision.nak(self.settings.retry_delay(deliveries))
         failure = Failure(stage=stage, error=error, subject=msg.subject, stream=stream,
@@ -320,62 +321,15 @@ class JetStreamConsumer:
             log.exception("the error tracer %r raised; keeping its decision", self.tracer)
             chosen = None
         decision = chosen or decision
-        if decision.action == "term" and decision.dead_letter:
-            decision = await self._dead_letter(msg, handler, failure, decision)
-        return decision
-
-    async def _dead_letter(self, msg: Msg, handler: Handler | None, failure: Failure,
-                           decision: Decision) -> Decision:
         subject = self.settings.dead_letter_subject
-        if subject is None:
-            return decision
-        headers = {k: v for k, v in (msg.headers or {}).items()
-                   if k not in ("Nats-Msg-Id", "Amebus-Event-Type")}
-        original = msg.headers or {}
-        if "Nats-Msg-Id" in original:
-            headers["Amebus-Original-Msg-Id"] = original["Nats-Msg-Id"]
-        if "Amebus-Event-Type" in original:
-            headers["Amebus-Original-Event-Type"] = original["Amebus-Event-Type"]
-        headers.update({
-            "Amebus-Dead-Letter": "1",
-            "Amebus-Original-Subject": msg.subject,
-            "Amebus-Original-Stream": failure.stream,
-            "Amebus-Original-Sequence": str(failure.stream_seq),
-            "Amebus-Deliveries": str(failure.deliveries),
-            "Amebus-Stage": failure.stage,
-            "Amebus-Route": failure.route or "",
-            "Amebus-Error": _one_line(failure.error),
-        })
-        size = len(msg.data) + 12 + sum(len(k.encode()) + len(v.encode()) + 4
-                                        for k, v in headers.items())
-        limit: int | None = getattr(self.nc, "max_payload", None)
-        if limit is not None and size > limit:  # the server would close the connection on it
-            error = ValueError(
-                f"the dead-letter copy would be {size} bytes with its headers, over the "
-                f"server's max_payload of {limit}; termed without a copy (the original stays "
-                f"in stream {failure.stream!r} at sequence {failure.stream_seq} unless the "
-                f"stream's retention removes it)")
-            plain = Decision.term(f"{decision.reason}; not dead-lettered: too large")
-            with contextlib.suppress(Exception):
-                self.tracer.trace(attrs.evolve(failure, stage="post-process", error=error,
-                                               decision=plain))
-            return plain
-        try:
-            await self.js.publish(subject, msg.data, headers=headers)
-        except Exception as exc:
-            # Keep the message: nak it onto the spare delivery the consumer holds for this
-            # (its server max_deliver is one more than ours). Once that is spent, a nak would
-            # leave it unsettled for good, so it is termed with the reason.
-            spare = 0 < self.settings.max_deliver <= failure.deliveries - 1
-            retry = (Decision.term(f"{decision.reason}; the dead-letter copy failed too: "
-                                   f"{_one_line(exc)}") if spare else
-                     Decision.nak(self.settings.retry_delay(failure.deliveries)))
-            post = attrs.evolve(failure, stage="post-process", error=exc, decision=retry)
-            with contextlib.suppress(Exception):
-                self.tracer.trace(post)
-            return retry
-        if handler is not None:
-            handler.stats.dead_lettered += 1
+        if decision.action == "term" and decision.dead_letter and subject is not None:
+            instead = await publish_dead_letter(self.js, subject, msg, failure, decision,
+                                                settings=self.settings, tracer=self.tracer,
+                                                max_payload=getattr(self.nc, "max_payload", None))
+            if instead is not None:
+                return instead
+            if handler is not None:
+                handler.stats.dead_lettered += 1
         return decision
 
     async def settle(self, msg: Msg, decision: Decision, handler: Handler | None = None) -> None:
@@ -396,7 +350,7 @@ class JetStreamConsumer:
         else:
             payload = b"+TERM"
             if decision.reason:
-                payload += b" " + _one_line(decision.reason).encode()
+                payload += b" " + one_line(decision.reason).encode()
             if stats:
                 stats.termed += 1
         try:
@@ -456,23 +410,3 @@ def _events_of(result: Any) -> list[Any]:
             raise TypeError(msg)
         return events
     return []
-
-
-def _meta(reply: str) -> tuple[str, int, int]:
-    """(stream, stream sequence, deliveries) from a JetStream reply subject."""
-    tokens = reply.split(".") if reply else []
-    try:
-        if len(tokens) == 9:
-            return tokens[2], int(tokens[5]), int(tokens[4])
-        if len(tokens) >= 11:
-            return tokens[4], int(tokens[7]), int(tokens[6])
-    except ValueError:
-        pass
-    return "", 0, 1
-
-
-def _one_line(value: object, limit: int = 300) -> str:
-    text = str(value) if not isinstance(value, BaseException) else (
-        f"{type(value).__name__}: {value}")
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import inspect
 import sys
-import types
-import typing
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Literal
+from typing import Any
 
 from amebus.errors import ConfigurationError
+from amebus.handlers import check_handler, describe, signature
 from amebus.matcher import Matcher
-from amebus.subjects import intersects, join, specificity, validate_pattern
+from amebus.subjects import join, specificity, validate_pattern
 
 __all__ = ["CompiledRoute", "Route", "Router", "ServiceMeta"]
 
-Takes = Literal["event", "message", "payload"]
 _RESERVED = frozenset({"routes", "resolve", "filter_subjects", "serve", "process"})
 
 
@@ -55,7 +53,7 @@ class Route:
             msg = f"Route({pattern!r}) timeout={timeout!r}: give a number of seconds above 0"
             raise ConfigurationError(msg)
         if handler is not None:
-            self.handler = _check_handler(handler, f"Route({pattern!r})")
+            self.handler = check_handler(handler, f"Route({pattern!r})")
 
     def __call__(self, func: Callable[..., Any]) -> Route:
         """Decorate a method of a Service body; the class attribute becomes this Route."""
@@ -78,7 +76,7 @@ class Route:
         return self.handler.__get__(instance, owner)
 
     def __repr__(self) -> str:
-        return f"Route({self.pattern!r}, {_describe(self.handler)})"
+        return f"Route({self.pattern!r}, {describe(self.handler)})"
 
 
 class Router:
@@ -136,12 +134,13 @@ class CompiledRoute:
         self.handler = route.handler
         self.is_method = route.is_method
         self.timeout = route.timeout
-        self.takes, self.events, self.with_message = _signature(route, self.pattern, name,
-                                                                localns or {})
+        self.takes, self.events, self.with_message = signature(
+            route.handler, is_method=route.is_method, event=route.event, pattern=self.pattern,
+            name=name, localns=localns or {})
         self.event = self.events[0] if len(self.events) == 1 else None
 
     def __repr__(self) -> str:
-        return f"<route {self.name} {self.pattern!r} -> {_describe(self.handler)}>"
+        return f"<route {self.name} {self.pattern!r} -> {describe(self.handler)}>"
 
 
 class ServiceMeta(type):
@@ -281,127 +280,6 @@ def _covered(node: dict[str, Any], pattern: tuple[str, ...], index: int, same: b
                                                                    index + 1, same)
 
 
-# -- handlers -------------------------------------------------------------------------------
-
-def _check_handler(handler: Any, where: str) -> Any:
-    if isinstance(handler, type):
-        msg = (f"{where}: handler {handler.__qualname__} is a class; pass an instance, "
-               f"Route(pattern, {handler.__qualname__}()), or mount a Service class in a "
-               f"Router(prefix, name={handler.__qualname__})")
-        raise ConfigurationError(msg)
-    if callable(handler):
-        return handler
-    if callable(getattr(handler, "process", None)):
-        return handler
-    msg = (f"{where}: handler {handler!r} is not callable and has no process() method; pass "
-           f"a function, an async function, or an object with `async def process(self, input)`")
-    raise ConfigurationError(msg)
-
-
-def _callable_of(route: Route) -> Callable[..., Any]:
-    handler = route.handler
-    if not callable(handler) or (not inspect.isroutine(handler) and hasattr(handler, "process")):
-        return typing.cast(Callable[..., Any], handler.process)
-    return typing.cast(Callable[..., Any], handler)
-
-
-def _signature(route: Route, pattern: str, name: str, localns: Mapping[str, Any]
-               ) -> tuple[Takes, tuple[type[Any], ...], bool]:
-    """Decide once what a handler receives, from its parameters' annotations."""
-    from amebus.events import is_event_class
-
-    func = _callable_of(route)
-    where = f"route {name} ({pattern!r}) handler {_describe(route.handler)}"
-    try:
-        params = list(inspect.signature(func).parameters.values())
-    except (TypeError, ValueError):  # builtins without a signature: give them the message
-        return "message", (), False
-    if route.is_method and params:
-        params = params[1:]  # self
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    required = [p for p in positional if p.default is p.empty]
-    if not positional and not any(p.kind is p.VAR_POSITIONAL for p in params):
-        msg = f"{where} takes no argument; give it one parameter for the message or event"
-        raise ConfigurationError(msg)
-    if len(required) > 2:
-        msg = (f"{where} requires {len(required)} arguments; a handler takes the event (or "
-               f"message, or payload bytes) and optionally the raw message")
-        raise ConfigurationError(msg)
-    hints = _hints(func, where, localns)
-    first = hints.get(positional[0].name) if positional else None
-    takes: Takes
-    event: type[Any] | None = route.event
-    members = typing.get_args(first) if _is_union(first) else ()
-    if first is None or first is Any:
-        takes = "event" if event is not None else "message"
-    elif members and all(is_event_class(m) for m in members):
-        takes, events = "event", tuple(members)  # told apart by the event-type header
-        if route.event is not None:
-            msg = (f"{where} takes a union of events but the route is declared for "
-                   f"{route.event.__qualname__}; declare the route with a pattern instead")
-            raise ConfigurationError(msg)
-        for member in events:
-            _check_overlap(where, member, pattern)
-        return takes, events, len(required) == 2 and _second_ok(where, hints, required)
-    elif is_event_class(first):
-        takes, event = "event", first
-        if route.event is not None and route.event is not first:
-            msg = (f"{where} expects {first.__qualname__} but the route is declared for "
-                   f"{route.event.__qualname__}; make them the same class")
-            raise ConfigurationError(msg)
-    elif first is bytes:
-        takes = "payload"
-    elif _is_nats_msg(first):
-        takes = "message"
-    else:
-        msg = (f"{where}: first parameter {positional[0].name!r} is annotated {first!r}; "
-               f"annotate it with an Event subclass, bytes, or nats.aio.msg.Msg")
-        raise ConfigurationError(msg)
-    if event is not None:
-        _check_overlap(where, event, pattern)
-    with_message = len(required) == 2 and _second_ok(where, hints, required)
-    return takes, (event,) if event is not None else (), with_message
-
-
-def _check_overlap(where: str, event: type[Any], pattern: str) -> None:
-    from amebus.events import event_pattern
-
-    expected = event_pattern(event)
-    if expected is not None and not intersects(expected, validate_pattern(pattern)):
-        msg = (f"{where} decodes {event.__qualname__}, whose subjects follow "
-               f"{'.'.join(expected)!r}, but the route's pattern {pattern!r} can never "
-               f"match them; fix the route's pattern or the event's subject")
-        raise ConfigurationError(msg)
-
-
-def _second_ok(where: str, hints: Mapping[str, Any], required: list[inspect.Parameter]) -> bool:
-    second = hints.get(required[1].name)
-    if second is not None and second is not Any and not _is_nats_msg(second):
-        msg = (f"{where}: second parameter {required[1].name!r} is annotated {second!r}; "
-               f"the second argument is the raw message (nats.aio.msg.Msg)")
-        raise ConfigurationError(msg)
-    return True
-
-
-def _is_union(annotation: Any) -> bool:
-    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
-
-
-def _hints(func: Callable[..., Any], where: str, localns: Mapping[str, Any]) -> dict[str, Any]:
-    target = getattr(func, "__func__", func)
-    try:
-        return typing.get_type_hints(target, localns=dict(localns))
-    except Exception as exc:
-        msg = (f"{where}: its annotations cannot be resolved ({exc}); import the annotated "
-               f"classes at module level, before the Service class is defined")
-        raise ConfigurationError(msg) from exc
-
-
-def _is_nats_msg(annotation: Any) -> bool:
-    return (isinstance(annotation, type) and annotation.__name__ == "Msg"
-            and annotation.__module__ == "nats.aio.msg")
-
-
 def _event_pattern_text(event: type[Any]) -> str:
     from amebus.events import event_pattern, is_event_class
 
@@ -416,7 +294,3 @@ def _event_pattern_text(event: type[Any]) -> str:
                f"or pass the pattern: Route('order.paid.*', handler)")
         raise ConfigurationError(msg)
     return ".".join(tokens)
-
-
-def _describe(handler: Any) -> str:
-    return str(getattr(handler, "__qualname__", None) or type(handler).__qualname__)

@@ -1,4 +1,4 @@
-"""Publish throughput of ``amebus.events.publish_many`` against raw ``js.publish_async``.
+"""Publish throughput of ``amebus.publish.publish_many`` against raw ``js.publish_async``.
 
 Run ``python -m benchmarks.publish [--quick] [--events N] [--rounds N]`` from the repository
 root. It starts its own nats-server (127.0.0.1, JetStream, memory stream ``BENCH`` on
@@ -31,7 +31,8 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck, StorageType, StreamConfig
 
 from amebus.codec import default_codec
-from amebus.events import EVENT_TYPE_HEADER, Event, publish_many, subject_of
+from amebus.events import EVENT_TYPE_HEADER, Event, subject_of
+from amebus.publish import publish_many
 from amebus.testing import NatsServer
 
 __all__ = ["BenchOrder", "main"]

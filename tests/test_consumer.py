@@ -17,10 +17,11 @@ from typing import Any
 
 import attrs
 import pytest
+from _support import Space, eventually, serving, settled
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, RawStreamMsg
+from nats.js.api import AckPolicy, ConsumerConfig, RawStreamMsg
 
 import amebus
 from amebus import (
@@ -67,24 +68,6 @@ class Shipped(amebus.Event):
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Space:
-    """A stream, a durable and a subject prefix of one test's own on the shared server."""
-
-    stream: str
-    durable: str
-    prefix: str
-
-    def subject(self, *tokens: str) -> str:
-        return ".".join((self.prefix, *tokens))
-
-    def options(self, **overrides: Any) -> dict[str, Any]:
-        """serve() keywords binding this space, with short test timings unless overridden."""
-        return {"stream": self.stream, "durable": self.durable,
-                "stream_subjects": (f"{self.prefix}.>",), "ack_wait": 2.0, "max_deliver": 3,
-                "backoff": (0.1,), "shutdown_timeout": 1.0, **overrides}
 
 
 @attrs.define
@@ -157,57 +140,6 @@ class RecordingTracer:
         return self.decide(failure) if self.decide is not None else None
 
 
-@contextlib.asynccontextmanager
-async def serving(service: Service, js: JetStreamContext,
-                  **options: Any) -> AsyncIterator[asyncio.Task[None]]:
-    """Serve in a task until the block ends; the block starts once ``ready`` is set."""
-    ready = asyncio.Event()
-    task = asyncio.create_task(service.serve(js, ready=ready, **options))
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait({task, waiter}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-    if task.done():
-        task.result()  # raises what serve raised
-    assert ready.is_set(), "serve() did not become ready within 10 s"
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 5.0,
-                     what: str = "condition") -> None:
-    """Poll ``check`` (sync or async) until it is true."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not reached within {timeout}s")
-        await asyncio.sleep(0.02)
-
-
-async def settled(js: JetStreamContext, space: Space, last_seq: int,
-                  timeout: float = 5.0) -> ConsumerInfo:
-    """Wait until the consumer has delivered and settled everything up to ``last_seq``."""
-    info: ConsumerInfo | None = None
-
-    async def check() -> bool:
-        nonlocal info
-        info = await js.consumer_info(space.stream, space.durable)
-        return (info.num_ack_pending == 0 and info.num_pending == 0
-                and info.ack_floor is not None and info.ack_floor.stream_seq >= last_seq)
-
-    await eventually(check, timeout, what=f"consumer settled up to stream seq {last_seq}")
-    assert info is not None
-    return info
-
-
 async def stored(js: JetStreamContext, stream: str, prefix: str) -> list[RawStreamMsg]:
     """Every message of ``stream`` whose subject starts with ``prefix``."""
     last = (await js.stream_info(stream)).state.last_seq
@@ -217,14 +149,6 @@ async def stored(js: JetStreamContext, stream: str, prefix: str) -> list[RawStre
         if msg.subject is not None and msg.subject.startswith(prefix):
             messages.append(msg)
     return messages
-
-
-@pytest.fixture
-async def space(js: JetStreamContext, unique_name: Callable[..., str]) -> AsyncIterator[Space]:
-    name = unique_name("S")
-    yield Space(stream=name, durable=unique_name("D"), prefix=name.lower())
-    with contextlib.suppress(Exception):
-        await js.delete_stream(name)
 
 
 @pytest.fixture

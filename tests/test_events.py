@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, PubAck, StreamConfig
 from strategies import subject_tokens, valid_tokens
 
-from amebus import events
+from amebus import events, publish
 from amebus.errors import (
     BatchPublishError,
     ConfigurationError,
@@ -33,9 +33,9 @@ from amebus.events import (
     Event,
     event_pattern,
     is_event_class,
-    publish_many,
     subject_of,
 )
+from amebus.publish import publish_many
 
 
 def token_is_valid(token: str) -> bool:
@@ -562,7 +562,7 @@ class TestPublishMany:
             assert headers[EVENT_TYPE_HEADER] == "test_events.Scoped"
 
     async def test_more_than_the_window(self, js: JetStreamContext, stream: Stream) -> None:
-        batch = [Scoped(stream.prefix, "bulk", str(i)) for i in range(events._WINDOW * 2 + 10)]
+        batch = [Scoped(stream.prefix, "bulk", str(i)) for i in range(publish._WINDOW * 2 + 10)]
         acks = await publish_many(js, batch)
         assert [ack.seq for ack in acks] == list(range(1, len(batch) + 1))
 

@@ -9,39 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
-import attrs
 import nats
 import pytest
+from _support import Space, eventually, serving, settled
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, StorageType
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType
 
 from amebus import ConfigurationError, Route, Service
 from amebus.pull import Puller
 from amebus.testing import NatsServer
-
-
-@attrs.frozen
-class Space:
-    """A stream, a durable and a subject prefix of one test's own."""
-
-    stream: str
-    durable: str
-    prefix: str
-
-    def subject(self, *tokens: str) -> str:
-        return ".".join((self.prefix, *tokens))
-
-    def options(self, **overrides: Any) -> dict[str, Any]:
-        return {"stream": self.stream, "durable": self.durable,
-                "stream_subjects": (f"{self.prefix}.>",), "ack_wait": 2.0, "max_deliver": 3,
-                "backoff": (0.1,), "shutdown_timeout": 1.0, **overrides}
 
 
 class Recorder:
@@ -67,55 +48,6 @@ def recording_service(pattern: str, recorder: Recorder) -> Service:
     return Recording()
 
 
-@contextlib.asynccontextmanager
-async def serving(service: Service, js: JetStreamContext | Client,
-                  **options: Any) -> AsyncIterator[asyncio.Task[None]]:
-    """Serve in a task until the block ends; the block starts once ``ready`` is set."""
-    ready = asyncio.Event()
-    task = asyncio.create_task(service.serve(js, ready=ready, **options))
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait({task, waiter}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-    if task.done():
-        task.result()
-    assert ready.is_set(), "serve() did not become ready within 10 s"
-    try:
-        yield task
-    finally:
-        if not task.done():  # one that ended is the test's to inspect
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 5.0,
-                     what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not reached within {timeout}s")
-        await asyncio.sleep(0.02)
-
-
-async def settled(js: JetStreamContext, space: Space, timeout: float = 5.0) -> ConsumerInfo:
-    """Wait until the consumer has nothing pending and nothing unacknowledged."""
-    info: ConsumerInfo | None = None
-
-    async def check() -> bool:
-        nonlocal info
-        info = await js.consumer_info(space.stream, space.durable)
-        return info.num_pending == 0 and info.num_ack_pending == 0
-
-    await eventually(check, timeout, what="consumer settled")
-    assert info is not None
-    return info
-
-
 async def fill(nc: Client, js: JetStreamContext, space: Space, count: int) -> None:
     """Publish ``count`` messages (pipelined core publishes) and wait until all are stored."""
     for i in range(count):
@@ -130,14 +62,6 @@ async def fill(nc: Client, js: JetStreamContext, space: Space, count: int) -> No
 
 async def _quiet(_: Exception) -> None:
     """An error callback that keeps expected disconnects out of the test output."""
-
-
-@pytest.fixture
-async def space(js: JetStreamContext, unique_name: Callable[..., str]) -> AsyncIterator[Space]:
-    name = unique_name("S")
-    yield Space(stream=name, durable=unique_name("D"), prefix=name.lower())
-    with contextlib.suppress(Exception):
-        await js.delete_stream(name)
 
 
 class TestBinding:
@@ -407,7 +331,7 @@ class TestServingEnds:
 
     async def test_consumer_deleted(self, js: JetStreamContext, space: Space) -> None:
         service = recording_service(space.subject(">"), Recorder())
-        async with serving(service, js, **space.options()) as task:
+        async with serving(service, js, reraise=False, **space.options()) as task:
 
             async def request_waiting() -> bool:  # deleted before, the server drops it unanswered
                 info = await js.consumer_info(space.stream, space.durable)
@@ -439,7 +363,8 @@ class TestServingEnds:
     async def test_connection_closed(self, nats_url: str, space: Space) -> None:
         client = await nats.connect(nats_url, error_cb=_quiet)
         service = recording_service(space.subject(">"), Recorder())
-        async with serving(service, client.jetstream(), **space.options()) as task:
+        async with serving(service, client.jetstream(), reraise=False,
+                           **space.options()) as task:
             await client.close()
             done, _ = await asyncio.wait({task}, timeout=5)
             assert done, "serve() kept running on a closed connection"

@@ -16,7 +16,8 @@ import attrs
 from nats.aio.msg import Msg
 
 from amebus.consumer import JetStreamConsumer, Settings
-from amebus.events import Event, _prepare, subject_of
+from amebus.events import Event, subject_of
+from amebus.publish import _prepare
 from amebus.service import Service, _settings
 from amebus.tracing import Decision, ErrorTracer, Failure
 

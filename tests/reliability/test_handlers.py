@@ -33,6 +33,7 @@ from _scenario import (
     wait_until_done,
 )
 from _strategies import MAX_PAYLOAD, is_valid_order, messages
+from _support import serving
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
@@ -57,25 +58,6 @@ class Tracer:
         return [f for f in self.failures if f.stream_seq == seq]
 
 
-@contextlib.asynccontextmanager
-async def serving(service: Service, nc: Client, **overrides: Any
-                  ) -> AsyncIterator[asyncio.Task[None]]:
-    ready = asyncio.Event()
-    task = asyncio.create_task(service.serve(nc.jetstream(), ready=ready, **overrides))
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait([task, waiter], timeout=20, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        waiter.cancel()
-        task.result()
-    assert ready.is_set(), "serve() did not get ready within 20 s"
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 # -- 6. slow handlers ---------------------------------------------------------------------------
 
 
@@ -93,8 +75,8 @@ async def test_slow_handlers_are_not_redelivered(nats_server_fresh: NatsServer,
     try:
         await ensure_stream(nc)
         await publish_jobs(nc, ids, sleep=3 * ack_wait)
-        async with serving(slow_service, nc, ack_wait=ack_wait, concurrency=concurrency,
-                           timeout=60.0):
+        async with serving(slow_service, nc.jetstream(), ready_within=20, ack_wait=ack_wait,
+                           concurrency=concurrency, timeout=60.0):
             records = await wait_until_done(record_dir, ids,
                                             timeout=count / concurrency * 3 * ack_wait + 30)
             info = await settled_consumer(nc, timeout=10)
@@ -184,7 +166,8 @@ async def poison() -> AsyncIterator[PoisonEnv]:
         tracer, done = Tracer(), Counter[int]()
         began = time.monotonic()
         try:
-            async with serving(PoisonService(done), nc, error_tracer=tracer) as task:
+            async with serving(PoisonService(done), nc.jetstream(), ready_within=20,
+                               error_tracer=tracer) as task:
                 env = PoisonEnv(nc, task, tracer, done, terminated, dead_letters)
                 yield env
         finally:
@@ -412,7 +395,8 @@ async def test_handler_failures_of_every_kind(nats_server_fresh: NatsServer,
         await ensure_stream(nc, "FAIL", ["fail.>"])
         await ensure_stream(nc, "DLQ", ["dlq.>"])
         js = nc.jetstream(timeout=10)
-        async with serving(FailingService(recorder), nc, error_tracer=tracer) as task:
+        async with serving(FailingService(recorder), nc.jetstream(), ready_within=20,
+                           error_tracer=tracer) as task:
             sent: dict[int, str] = {}  # stream sequence -> subject
             for n in range(per_kind):
                 for kind in EXPECTED:

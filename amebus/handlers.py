@@ -1,0 +1,151 @@
+"""What a handler receives, decided once at class creation from its signature and annotations.
+
+A handler is a function, a method, or an object with an async ``process`` method; its first
+parameter takes an Event class (or a union of them), ``bytes`` or ``nats.aio.msg.Msg``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+from amebus.errors import ConfigurationError
+from amebus.subjects import intersects, validate_pattern
+
+__all__ = ["Takes", "check_handler", "describe", "signature"]
+
+Takes = Literal["event", "message", "payload"]
+"""What a handler's first parameter receives."""
+
+
+def check_handler(handler: Any, where: str) -> Any:
+    """Return ``handler`` if it can be called or has ``process()``; ``where`` starts the error."""
+    if isinstance(handler, type):
+        msg = (f"{where}: handler {handler.__qualname__} is a class; pass an instance, "
+               f"Route(pattern, {handler.__qualname__}()), or mount a Service class in a "
+               f"Router(prefix, name={handler.__qualname__})")
+        raise ConfigurationError(msg)
+    if callable(handler):
+        return handler
+    if callable(getattr(handler, "process", None)):
+        return handler
+    msg = (f"{where}: handler {handler!r} is not callable and has no process() method; pass "
+           f"a function, an async function, or an object with `async def process(self, input)`")
+    raise ConfigurationError(msg)
+
+
+def _callable_of(handler: Any) -> Callable[..., Any]:
+    if not callable(handler) or (not inspect.isroutine(handler) and hasattr(handler, "process")):
+        return typing.cast(Callable[..., Any], handler.process)
+    return typing.cast(Callable[..., Any], handler)
+
+
+def signature(handler: Any, *, is_method: bool, event: type[Any] | None, pattern: str,
+              name: str, localns: Mapping[str, Any]
+              ) -> tuple[Takes, tuple[type[Any], ...], bool]:
+    """Decide once what a handler receives, from its parameters' annotations.
+
+    Returns what the first parameter takes, the Event classes it accepts (several for a
+    union), and whether a second parameter takes the raw message. ``event`` is the Event class
+    the route was declared with (``Route(OrderPaid)``), if any.
+    """
+    from amebus.events import is_event_class
+
+    declared = event
+    func = _callable_of(handler)
+    where = f"route {name} ({pattern!r}) handler {describe(handler)}"
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature: give them the message
+        return "message", (), False
+    if is_method and params:
+        params = params[1:]  # self
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    if not positional and not any(p.kind is p.VAR_POSITIONAL for p in params):
+        msg = f"{where} takes no argument; give it one parameter for the message or event"
+        raise ConfigurationError(msg)
+    if len(required) > 2:
+        msg = (f"{where} requires {len(required)} arguments; a handler takes the event (or "
+               f"message, or payload bytes) and optionally the raw message")
+        raise ConfigurationError(msg)
+    hints = _hints(func, where, localns)
+    first = hints.get(positional[0].name) if positional else None
+    takes: Takes
+    members = typing.get_args(first) if _is_union(first) else ()
+    if first is None or first is Any:
+        takes = "event" if event is not None else "message"
+    elif members and all(is_event_class(m) for m in members):
+        takes, events = "event", tuple(members)  # told apart by the event-type header
+        if declared is not None:
+            msg = (f"{where} takes a union of events but the route is declared for "
+                   f"{declared.__qualname__}; declare the route with a pattern instead")
+            raise ConfigurationError(msg)
+        for member in events:
+            _check_overlap(where, member, pattern)
+        return takes, events, len(required) == 2 and _second_ok(where, hints, required)
+    elif is_event_class(first):
+        takes, event = "event", first
+        if declared is not None and declared is not first:
+            msg = (f"{where} expects {first.__qualname__} but the route is declared for "
+                   f"{declared.__qualname__}; make them the same class")
+            raise ConfigurationError(msg)
+    elif first is bytes:
+        takes = "payload"
+    elif _is_nats_msg(first):
+        takes = "message"
+    else:
+        msg = (f"{where}: first parameter {positional[0].name!r} is annotated {first!r}; "
+               f"annotate it with an Event subclass, bytes, or nats.aio.msg.Msg")
+        raise ConfigurationError(msg)
+    if event is not None:
+        _check_overlap(where, event, pattern)
+    with_message = len(required) == 2 and _second_ok(where, hints, required)
+    return takes, (event,) if event is not None else (), with_message
+
+
+def _check_overlap(where: str, event: type[Any], pattern: str) -> None:
+    from amebus.events import event_pattern
+
+    expected = event_pattern(event)
+    if expected is not None and not intersects(expected, validate_pattern(pattern)):
+        msg = (f"{where} decodes {event.__qualname__}, whose subjects follow "
+               f"{'.'.join(expected)!r}, but the route's pattern {pattern!r} can never "
+               f"match them; fix the route's pattern or the event's subject")
+        raise ConfigurationError(msg)
+
+
+def _second_ok(where: str, hints: Mapping[str, Any], required: list[inspect.Parameter]) -> bool:
+    second = hints.get(required[1].name)
+    if second is not None and second is not Any and not _is_nats_msg(second):
+        msg = (f"{where}: second parameter {required[1].name!r} is annotated {second!r}; "
+               f"the second argument is the raw message (nats.aio.msg.Msg)")
+        raise ConfigurationError(msg)
+    return True
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _hints(func: Callable[..., Any], where: str, localns: Mapping[str, Any]) -> dict[str, Any]:
+    target = getattr(func, "__func__", func)
+    try:
+        return typing.get_type_hints(target, localns=dict(localns))
+    except Exception as exc:
+        msg = (f"{where}: its annotations cannot be resolved ({exc}); import the annotated "
+               f"classes at module level, before the Service class is defined")
+        raise ConfigurationError(msg) from exc
+
+
+def _is_nats_msg(annotation: Any) -> bool:
+    return (isinstance(annotation, type) and annotation.__name__ == "Msg"
+            and annotation.__module__ == "nats.aio.msg")
+
+
+def describe(handler: Any) -> str:
+    """A handler's name for messages: its qualified name, or its class's for an object."""
+    return str(getattr(handler, "__qualname__", None) or type(handler).__qualname__)
