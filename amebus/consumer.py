@@ -75,7 +75,8 @@ class RouteStats:
 
 
 class Handler(Protocol):
-    """A resolved route: its name, counters, timeout, and how to run it on a message."""
+    """A resolved route: its name, counters, timeout (None: the settings'), and how to run it
+    on a message."""
 
     name: str
     stats: RouteStats
@@ -99,10 +100,10 @@ _NEVER = float("inf")
 
 
 class _ProcessorHandler:
-    def __init__(self, processor: Processor, timeout: float | None) -> None:
+    def __init__(self, processor: Processor) -> None:
         self.name = type(processor).__name__
         self.stats = RouteStats()
-        self.timeout = timeout
+        self.timeout: float | None = None  # the settings' timeout
         self.run: Callable[[Msg], Awaitable[Any]] = processor.process
 
 
@@ -126,7 +127,7 @@ class JetStreamConsumer:
         resolve: Callable[[str], Handler | None] | None = getattr(
             processor, "_amebus_resolver", lambda: None)()
         if resolve is None:
-            single = _ProcessorHandler(processor, self.settings.timeout)
+            single = _ProcessorHandler(processor)
             self.handlers: dict[str, Handler] = {single.name: single}
             resolve = lambda subject: single  # noqa: E731
         else:
@@ -227,7 +228,7 @@ class JetStreamConsumer:
         if slot is None:
             slot = _Slot(task=asyncio.current_task())
         start = time.monotonic()
-        timeout = handler.timeout
+        timeout = handler.timeout if handler.timeout is not None else self.settings.timeout
         slot.deadline = start + timeout if timeout is not None else _NEVER
         slot.started, slot.msg = start, msg  # the watchdog watches it from here
         stage: Stage = "business"
@@ -273,7 +274,7 @@ class JetStreamConsumer:
         except Term as term:
             decision = Decision.term(term.reason or "terminated by the handler")
         except BaseException as exc:
-            if isinstance(exc, DecodeError):
+            if isinstance(exc, DecodeError | NoRouteError):  # a nested Service's, too
                 stage = "pre-process"
             decision = await self._failed(msg, handler, stage, exc)
         finally:
@@ -318,7 +319,7 @@ class JetStreamConsumer:
         try:
             chosen = self.tracer.trace(failure)
         except Exception:
-            log.exception("the error tracer %r raised; keeping its decision", self.tracer)
+            log.exception("the error tracer %r raised; keeping amebus's decision", self.tracer)
             chosen = None
         decision = chosen or decision
         subject = self.settings.dead_letter_subject
@@ -363,7 +364,8 @@ class JetStreamConsumer:
     async def _watchdog(self) -> None:
         settings = self.settings
         progress_every = settings.ack_wait / 3
-        tick = min(1.0, progress_every / 2, (settings.timeout or 60.0) / 4)
+        timeouts = [h.timeout for h in self.handlers.values()] + [settings.timeout]
+        tick = min(1.0, progress_every / 2, *(t / 4 for t in timeouts if t is not None))
         last = time.monotonic()
         while True:
             await asyncio.sleep(tick)

@@ -77,12 +77,11 @@ class _Bound:
 
     __slots__ = ("name", "route", "run", "stats", "timeout")
 
-    def __init__(self, route: CompiledRoute, service: Service, codec: Codec,
-                 default_timeout: float | None) -> None:
+    def __init__(self, route: CompiledRoute, service: Service, codec: Codec) -> None:
         self.route = route
         self.name = route.name
         self.stats = RouteStats()
-        self.timeout = route.timeout if route.timeout is not None else default_timeout
+        self.timeout = route.timeout  # None: the service's timeout
         handler = route.handler
         if route.is_method:
             target = service
@@ -198,7 +197,7 @@ class Service(metaclass=ServiceMeta):
         if bound is None:
             cls = type(self)
             codec = Codec(cls.converter) if cls.converter is not None else default_codec
-            handlers = {r.name: _Bound(r, self, codec, cls.timeout) for r in cls.routes}
+            handlers = {r.name: _Bound(r, self, codec) for r in cls.routes}
             matcher = Matcher((h.route.tokens, h) for h in handlers.values())
             bound = self.__dict__["_amebus_bound"] = (matcher.match, handlers)
         return bound[0]
@@ -258,9 +257,6 @@ class Service(metaclass=ServiceMeta):
         if not cls.routes:
             msg = f"{cls.__name__} declares no routes; add Route attributes before serving"
             raise ConfigurationError(msg)
-        for bound in self._amebus_handlers.values():  # serve(timeout=...) reaches every route
-            route_timeout = bound.route.timeout
-            bound.timeout = route_timeout if route_timeout is not None else settings.timeout
         nc, api_prefix = connection_of(js)
         stream, durable, filtered = await bind_consumer(nc.jetstream(), cls, option)
         tracer = overrides.get("error_tracer", cls.error_tracer)

@@ -157,3 +157,17 @@ async def test_handler_results_are_collected_not_sent() -> None:
     assert outcome.decision == Decision.ack()
     assert outcome.published == (Cancelled("3"),)
     assert outcome.route == "paid"
+
+
+async def test_configuration_overrides_apply_as_in_serve() -> None:
+    class Slow(amebus.Service):
+        timeout = 60.0
+
+        @amebus.Route("hx.paid.*")
+        async def paid(self, event: Paid) -> None:
+            await asyncio.sleep(5)
+
+    outcome = await ServiceHarness(Slow(), timeout=0.2, backoff=(4.0,)).feed(Paid("1"))
+    assert outcome.decision == Decision.nak(4.0)
+    [failure] = outcome.failures
+    assert type(failure.error).__name__ == "HandlerTimeoutError"
