@@ -15,6 +15,7 @@ from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
 from amebus.errors import ConfigurationError
+from amebus.settlement import server_max_deliver
 from amebus.subjects import covers, validate_pattern
 
 if TYPE_CHECKING:
@@ -22,12 +23,36 @@ if TYPE_CHECKING:
 
     from amebus.routing import ServiceMeta
 
-__all__ = ["bind_consumer", "connection_of", "consumer_config"]
+__all__ = ["MINIMUM_SERVER", "bind_consumer", "check_server", "connection_of",
+           "consumer_config"]
 
 log = logging.getLogger(__name__)
 
 # Fields amebus sets, compared with what the server holds. ack_policy and pull mode are fixed.
-_UPDATABLE = ("ack_wait", "max_deliver", "max_ack_pending", "filter_subject", "filter_subjects")
+# backoff: amebus sends each nak's delay itself; a server-side backoff (made by another tool)
+# pins ack_wait to backoff[0], so it is cleared.
+_UPDATABLE = ("ack_wait", "max_deliver", "max_ack_pending", "filter_subject", "filter_subjects",
+              "backoff")
+
+MINIMUM_SERVER = (2, 10, 4)
+"""The oldest nats-server that keeps the settlement table: ``+TERM <reason>`` (2.10.4) and
+``filter_subjects`` (2.10); 2.9 ignores both silently."""
+
+
+def check_server(nc: Client) -> None:
+    """Refuse a server too old to keep the settlement table (``ConfigurationError``)."""
+    version = nc.connected_server_version
+    try:
+        found = (version.major, version.minor, version.patch)
+    except (TypeError, ValueError, AttributeError):  # unparsable: let the server speak
+        return
+    if found == (0, 0, 0):  # not known (nats-py reports 0.0.0 before INFO): nothing to check
+        return
+    if found < MINIMUM_SERVER:
+        minimum = ".".join(map(str, MINIMUM_SERVER))
+        msg = (f"nats-server {version} is too old for amebus, which needs {minimum} or newer "
+               f"(older servers drop filter_subjects and ignore +TERM reasons); upgrade it")
+        raise ConfigurationError(msg)
 
 
 def connection_of(js: JetStreamContext | Client) -> tuple[Client, str]:
@@ -69,9 +94,10 @@ def consumer_config(cls: ServiceMeta, options: Mapping[str, Any], durable: str,
         ack_policy=api.AckPolicy.EXPLICIT,
         deliver_policy=api.DeliverPolicy.ALL,
         ack_wait=float(options["ack_wait"]),
-        # One spare delivery beyond amebus's own limit: a failure whose dead-letter copy could
-        # not be stored is nak'ed onto it rather than termed or left unsettled.
-        max_deliver=int(options["max_deliver"]) + 1 if options["max_deliver"] > 0 else -1,
+        # amebus counts handler attempts itself (amebus.attempts); the server's limit is a
+        # backstop well above it for deliveries that never reached a handler.
+        max_deliver=server_max_deliver(int(options["max_deliver"]),
+                                       options.get("server_max_deliver")),
         max_ack_pending=int(options["max_ack_pending"]),
         filter_subject=filters[0] if len(filters) == 1 else "",
         filter_subjects=filters if len(filters) > 1 else None,
@@ -79,10 +105,11 @@ def consumer_config(cls: ServiceMeta, options: Mapping[str, Any], durable: str,
 
 
 async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping[str, Any]
-                        ) -> tuple[str, str, bool]:
+                        ) -> tuple[str, str, bool, api.ConsumerConfig]:
     """Make sure the stream and the durable consumer exist as declared.
 
-    Returns the stream and durable names, and whether the server filters by route.
+    Returns the stream and durable names, whether the server filters by route, and the
+    consumer's configuration as the server holds it (its effective ``ack_wait``, ...).
     """
     stream = options["stream"]
     if not stream:
@@ -101,14 +128,14 @@ async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping
         _refuse_fixed_drift(cls, stream, durable, current)
         changed = [f for f in _UPDATABLE if _norm(getattr(current, f)) != _norm(getattr(wanted, f))]
         if not changed:
-            return stream, durable, bool(filters)
+            return stream, durable, bool(filters), _refuse_backoff(cls, stream, durable, current)
         log.warning("%s: updating consumer %s on %s: %s", cls.__name__, durable, stream,
                     ", ".join(f"{f} {getattr(current, f)!r} -> {getattr(wanted, f)!r}"
                               for f in changed))
         # Keep what amebus does not manage (deliver policy, replicas, ...) as the server has it.
         wanted = current.evolve(**{f: getattr(wanted, f) for f in _UPDATABLE})
     try:
-        await js.add_consumer(stream, wanted)
+        info = await js.add_consumer(stream, wanted)
     except APIError as exc:
         action = "update" if current is not None else "create"
         msg = (f"the server refused to {action} consumer {durable!r} on stream {stream!r} "
@@ -116,7 +143,18 @@ async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping
                f"(err_code {exc.err_code}); check that the stream's subjects include every "
                f"route pattern, or delete the consumer (`nats consumer rm {stream} {durable}`)")
         raise ConfigurationError(msg) from exc
-    return stream, durable, bool(filters)
+    return stream, durable, bool(filters), _refuse_backoff(cls, stream, durable, info.config)
+
+
+def _refuse_backoff(cls: ServiceMeta, stream: str, durable: str, config: api.ConsumerConfig
+                    ) -> api.ConsumerConfig:
+    if config.backoff:
+        msg = (f"{cls.__name__}: consumer {durable!r} on stream {stream!r} keeps a server-side "
+               f"backoff {config.backoff!r}, which pins ack_wait to {config.backoff[0]!r}s and "
+               f"could not be cleared; remove it (`nats consumer edit {stream} {durable}`) or "
+               f"delete the consumer: amebus sends each retry's delay with its nak")
+        raise ConfigurationError(msg)
+    return config
 
 
 async def _ensure_stream(js: JetStreamContext, cls: ServiceMeta, stream: str,

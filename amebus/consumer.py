@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +19,7 @@ import attrs
 
 from amebus.deadletter import one_line, publish_dead_letter, reply_meta
 from amebus.errors import DecodeError, Nak, NoRouteError, Term
+from amebus.settlement import Limits, Outcome, decide, encode, server_max_deliver
 from amebus.tracing import Decision, ErrorTracer, Failure, LoggingTracer, Stage
 
 if TYPE_CHECKING:
@@ -27,7 +27,10 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
 
-__all__ = ["HandlerTimeoutError", "JetStreamConsumer", "Processor", "RouteStats", "Settings"]
+    from amebus.attempts import Attempts
+
+__all__ = ["AttemptsExhaustedError", "HandlerTimeoutError", "JetStreamConsumer", "Processor",
+           "RouteStats", "Settings"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,10 @@ class HandlerTimeoutError(TimeoutError):
     """A handler ran past its timeout and was cancelled."""
 
 
+class AttemptsExhaustedError(RuntimeError):
+    """A redelivered message whose handler already failed or crashed ``max_deliver`` times."""
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     """How messages are run and settled (the ``Service`` class attributes of the same names)."""
@@ -54,6 +61,24 @@ class Settings:
     timeout: float | None = 300.0
     dead_letter_subject: str | None = None
     shutdown_timeout: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    server_max_deliver: int | None = attrs.field(default=None)
+    """The server's max_deliver, a crash backstop above ``max_deliver`` (None: the default of
+    :func:`amebus.settlement.server_max_deliver`)."""
+
+    @server_max_deliver.validator
+    def _check_server_max_deliver(self, _: attrs.Attribute[int | None], value: int | None
+                                  ) -> None:
+        if value is not None and value > 0 and 0 < self.max_deliver >= value:
+            msg = (f"server_max_deliver {value!r} must be above max_deliver "
+                   f"{self.max_deliver!r} (or None for {max(10 * self.max_deliver, 50)}, or "
+                   f"-1 for unlimited): the server's limit is the backstop above amebus's")
+            raise ValueError(msg)
+
+    def limits(self) -> Limits:
+        """The settlement limits these settings ask for."""
+        return Limits(self.max_deliver,
+                      server_max_deliver(self.max_deliver, self.server_max_deliver),
+                      self.backoff)
 
     def retry_delay(self, deliveries: int) -> float:
         """The nak delay after delivery number ``deliveries`` failed."""
@@ -82,6 +107,18 @@ class Handler(Protocol):
     stats: RouteStats
     timeout: float | None
     run: Callable[[Msg], Awaitable[Any]]
+
+
+@attrs.define
+class _Run:
+    """One delivery's attempt bookkeeping: ``attempt`` is its handler attempt (1 the first
+    time), ``stored`` what the attempt store holds for it (0: nothing)."""
+
+    seq: int
+    deliveries: int
+    attempt: int = 1
+    stored: int = 0
+    exhausted: bool = False
 
 
 @attrs.define(eq=False)
@@ -140,6 +177,10 @@ class JetStreamConsumer:
         self.skip_unrouted = False
         """Ack (not term) messages no route handles: set when the consumer is unfiltered."""
         self.on_tick: Callable[[float], Awaitable[None]] | None = None
+        self.limits = self.settings.limits()
+        """The limits settlement decides against; ``serve`` sets the server's actual one."""
+        self.attempts: Attempts | None = None
+        """Where handler attempts are counted (None: by the server's deliveries)."""
 
     # -- running --------------------------------------------------------------------------
 
@@ -227,6 +268,15 @@ class JetStreamConsumer:
             return await self._unrouted(msg)
         if slot is None:
             slot = _Slot(task=asyncio.current_task())
+        run = _Run(*reply_meta(msg.reply)[1:])
+        if run.deliveries > 1:  # only a redelivery reads (and writes) its attempt count
+            await self._begin(run)
+            if run.exhausted:
+                spent = AttemptsExhaustedError(
+                    f"the handler failed or crashed on {run.attempt} attempts")
+                decision = await self._failed(msg, handler, "business", spent, run, "exhausted")
+                await self._finish(msg, decision, handler, run)
+                return decision
         start = time.monotonic()
         timeout = handler.timeout if handler.timeout is not None else self.settings.timeout
         slot.deadline = start + timeout if timeout is not None else _NEVER
@@ -251,10 +301,10 @@ class JetStreamConsumer:
             if not slot.timed_out and task is not None and not task.cancelling():
                 # Nobody cancelled this worker: the handler raised it (it awaited a future
                 # cancelled elsewhere). An ordinary failure; re-raising would end the worker.
-                decision = await self._failed(msg, handler, stage, cancelled)
-            elif not slot.timed_out:  # shutdown: give it back at once, never ack
+                decision = await self._failed(msg, handler, stage, cancelled, run)
+            elif not slot.timed_out:  # shutdown: give it back uncounted, never ack
                 slot.msg = None
-                await self.settle(msg, Decision.nak(0.0), handler)
+                await self.give_back(msg, handler, run)
                 raise
             else:
                 if task is not None:
@@ -262,23 +312,75 @@ class JetStreamConsumer:
                 slot.timed_out = False
                 error = HandlerTimeoutError(f"handler {handler.name} ran past its {timeout}s "
                                             f"timeout and was cancelled")
-                decision = await self._failed(msg, handler, stage, error)
+                decision = await self._failed(msg, handler, stage, error, run)
         except Nak as nak:
-            deliveries = reply_meta(msg.reply)[2]
-            if 0 < self.settings.max_deliver <= deliveries:  # no delivery left to retry on
-                decision = await self._failed(msg, handler, stage, nak)
+            limits = self.limits
+            if limits.last_attempt(run.attempt) or limits.last_delivery(run.deliveries):
+                decision = await self._failed(msg, handler, stage, nak, run, "nak")
             else:
-                delay = nak.delay
-                decision = Decision.nak(
-                    self.settings.retry_delay(deliveries) if delay is None else delay)
+                decision = decide("nak", attempt=run.attempt, deliveries=run.deliveries,
+                                  limits=limits, delay=nak.delay)
         except Term as term:
-            decision = Decision.term(term.reason or "terminated by the handler")
+            decision = decide("term", attempt=run.attempt, deliveries=run.deliveries,
+                              limits=self.limits, error=term.reason)
         except BaseException as exc:
             if isinstance(exc, DecodeError | NoRouteError):  # a nested Service's, too
                 stage = "pre-process"
-            decision = await self._failed(msg, handler, stage, exc)
+            decision = await self._failed(msg, handler, stage, exc, run)
         finally:
             slot.msg = None
+        await self._finish(msg, decision, handler, run)
+        return decision
+
+    async def _begin(self, run: _Run) -> None:
+        """Number this redelivery's attempt; record it before the handler runs."""
+        store = self.attempts
+        spent = await store.read(run.seq) if store is not None else None
+        if store is None or spent is None:  # no store: the server's count stands in
+            run.attempt = run.deliveries
+            return
+        run.stored = spent
+        if self.limits.last_attempt(spent):
+            run.attempt, run.exhausted = spent, True
+            return
+        run.attempt = spent + 1  # no entry: never started (given back, or lost unstarted)
+        if await store.write(run.seq, run.attempt):
+            run.stored = run.attempt
+
+    async def _finish(self, msg: Msg, decision: Decision, handler: Handler | None,
+                      run: _Run) -> None:
+        store = self.attempts
+        if store is not None and run.seq:
+            if decision.action == "nak" and run.stored != run.attempt:
+                if await store.write(run.seq, run.attempt):  # before the nak: it is read next
+                    run.stored = run.attempt
+            elif decision.action != "nak" and run.stored:
+                await store.forget(run.seq)
+        await self.settle(msg, decision, handler)
+
+    async def give_back(self, msg: Msg, handler: Handler | None = None,
+                        run: _Run | None = None) -> Decision:
+        """Return a message that did not finish a run because serving stops.
+
+        Uncounted (an attempt recorded for this run is taken back) and nak'ed for immediate
+        redelivery; on the server's last delivery, where a nak would make the server give up
+        silently, it is termed and dead-lettered with the reason instead.
+        """
+        if run is None:
+            run = _Run(*reply_meta(msg.reply)[1:])
+            run.attempt = 0
+        store = self.attempts
+        if store is not None and run.seq and run.stored and run.stored == run.attempt:
+            if await store.write(run.seq, run.attempt - 1):
+                run.stored = run.attempt - 1
+            run.attempt -= 1
+        decision = decide("unstarted", attempt=run.attempt, deliveries=run.deliveries,
+                          limits=self.limits)
+        if decision.action == "term":
+            error = RuntimeError(decision.reason)
+            decision = await self._failed(msg, handler, "pre-process", error, run, "unstarted")
+            if store is not None and run.stored:
+                await store.forget(run.seq)
         await self.settle(msg, decision, handler)
         return decision
 
@@ -288,7 +390,8 @@ class JetStreamConsumer:
             await self.settle(msg, _ACK)
             return _ACK
         error = NoRouteError(f"no route of {self.owner} handles subject {msg.subject!r}")
-        decision = await self._failed(msg, None, "pre-process", error)
+        run = _Run(*reply_meta(msg.reply)[1:])
+        decision = await self._failed(msg, None, "pre-process", error, run)
         await self.settle(msg, decision)
         return decision
 
@@ -299,19 +402,17 @@ class JetStreamConsumer:
         await publish_many(self.js, events)
 
     async def _failed(self, msg: Msg, handler: Handler | None, stage: Stage,
-                      error: BaseException) -> Decision:
+                      error: BaseException, run: _Run, outcome: Outcome | None = None
+                      ) -> Decision:
         stream, seq, deliveries = reply_meta(msg.reply)
-        retryable = stage != "pre-process"
+        retryable = stage != "pre-process" and outcome not in ("exhausted", "unstarted")
         dead_letter = self.settings.dead_letter_subject is not None
-        if not retryable:
-            decision = Decision.term(f"{stage}: {one_line(error)}", dead_letter=dead_letter)
-        elif 0 < self.settings.max_deliver <= deliveries:
-            limit = self.settings.max_deliver
-            reason = (f"failed on delivery {deliveries} of {limit}: " if deliveries <= limit else
-                      f"failed on delivery {deliveries} (the spare after max_deliver {limit}): ")
-            decision = Decision.term(reason + one_line(error), dead_letter=dead_letter)
-        else:
-            decision = Decision.nak(self.settings.retry_delay(deliveries))
+        if outcome is None:
+            outcome = "failed" if stage != "pre-process" else "invalid"
+        text = f"{stage}: {one_line(error)}" if outcome == "invalid" else one_line(error)
+        limits = self.limits
+        decision = decide(outcome, attempt=run.attempt, deliveries=deliveries, limits=limits,
+                          error=text, dead_letter=dead_letter)
         failure = Failure(stage=stage, error=error, subject=msg.subject, stream=stream,
                           stream_seq=seq, deliveries=deliveries,
                           route=handler.name if handler is not None else None,
@@ -324,9 +425,17 @@ class JetStreamConsumer:
         decision = chosen or decision
         subject = self.settings.dead_letter_subject
         if decision.action == "term" and decision.dead_letter and subject is not None:
+            reason = decision.reason
+
+            def copy_failed(exc: BaseException) -> Decision:
+                return decide("copy-failed", attempt=run.attempt, deliveries=deliveries,
+                              limits=limits, error=f"{reason}; the dead-letter copy failed "
+                                                   f"too: {one_line(exc)}")
+
             instead = await publish_dead_letter(self.js, subject, msg, failure, decision,
                                                 settings=self.settings, tracer=self.tracer,
-                                                max_payload=getattr(self.nc, "max_payload", None))
+                                                max_payload=getattr(self.nc, "max_payload", None),
+                                                on_copy_failed=copy_failed)
             if instead is not None:
                 return instead
             if handler is not None:
@@ -337,25 +446,18 @@ class JetStreamConsumer:
         """Send ``decision`` for ``msg`` (once: skipped if the handler settled it itself)."""
         if not msg.reply or msg.is_acked:  # not JetStream, or the handler settled it itself
             return
-        stats = handler.stats if handler is not None else None
-        if decision.action == "ack":
-            payload = b"+ACK"
-            if stats:
+        if decision.action == "term" and decision.reason:
+            decision = attrs.evolve(decision, reason=one_line(decision.reason))
+        if handler is not None:
+            stats = handler.stats
+            if decision.action == "ack":
                 stats.acked += 1
-        elif decision.action == "nak":
-            payload = b"-NAK"
-            if decision.delay > 0:
-                payload += b" " + json.dumps({"delay": int(decision.delay * 1e9)}).encode()
-            if stats:
+            elif decision.action == "nak":
                 stats.naked += 1
-        else:
-            payload = b"+TERM"
-            if decision.reason:
-                payload += b" " + one_line(decision.reason).encode()
-            if stats:
+            else:
                 stats.termed += 1
         try:
-            await self.nc.publish(msg.reply, payload)
+            await self.nc.publish(msg.reply, encode(decision))
         except Exception as exc:  # the server redelivers after ack_wait: nothing is lost
             log.warning("could not settle %r (%s): %r", msg.subject, decision.action, exc)
 

@@ -5,6 +5,7 @@ take when it cannot be stored; with the reply-subject and one-line helpers the c
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -22,11 +23,14 @@ __all__ = ["one_line", "publish_dead_letter", "reply_meta"]
 
 async def publish_dead_letter(js: JetStreamContext, subject: str, msg: Msg, failure: Failure,
                               decision: Decision, *, settings: Settings, tracer: ErrorTracer,
-                              max_payload: int | None) -> Decision | None:
+                              max_payload: int | None,
+                              on_copy_failed: Callable[[BaseException], Decision] | None = None
+                              ) -> Decision | None:
     """Publish the dead-letter copy of ``msg``, which failed as ``failure`` says, to ``subject``.
 
     Returns None once the copy is stored, else the decision to send instead of ``decision``
     (a term without a copy, a nak onto the spare delivery); each such failure is traced.
+    ``on_copy_failed(error)``, when given, chooses the decision after a failed publish.
     """
     headers = {k: v for k, v in (msg.headers or {}).items()
                if k not in ("Nats-Msg-Id", "Amebus-Event-Type")}
@@ -68,6 +72,8 @@ async def publish_dead_letter(js: JetStreamContext, subject: str, msg: Msg, fail
         retry = (Decision.term(f"{decision.reason}; the dead-letter copy failed too: "
                                f"{one_line(exc)}") if spare else
                  Decision.nak(settings.retry_delay(failure.deliveries)))
+        if on_copy_failed is not None:
+            retry = on_copy_failed(exc)
         post = attrs.evolve(failure, stage="post-process", error=exc, decision=retry)
         with contextlib.suppress(Exception):
             tracer.trace(post)

@@ -60,6 +60,7 @@ class Puller:
         self.received = 0
         self.error: BaseException | None = None
         self._unanswered = False  # a request got 503: nothing serves the consumer's subject
+        self.urgent_at = 0  # deliveries from which a message jumps the queue (0: never)
 
     async def start(self) -> None:
         """Subscribe the inbox and issue the first request."""
@@ -133,7 +134,10 @@ class Puller:
         if self.pending:
             self.pending -= 1
         self.received += 1  # the monitor notices that something arrived
-        self.buffer.append(msg)
+        if self.urgent_at and _delivery(msg.reply) >= self.urgent_at:
+            self.buffer.appendleft(msg)  # the server's last try: run it before the others
+        else:
+            self.buffer.append(msg)
         if self._waiters:
             self._wake(everyone=False)
 
@@ -214,3 +218,10 @@ class Puller:
                 self.pending = 0
             if self.pending + len(self.buffer) <= self.limit // 2:
                 await self.refill()
+
+
+def _delivery(reply: str) -> int:
+    """The delivery count in a JetStream reply subject (0 when it has none)."""
+    tokens = reply.split(".") if reply else ()
+    index = 4 if len(tokens) == 9 else 6 if len(tokens) >= 11 else -1
+    return int(tokens[index]) if index >= 0 and tokens[index].isdigit() else 0

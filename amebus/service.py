@@ -24,7 +24,7 @@ from amebus.events import EVENT_TYPE_HEADER
 from amebus.matcher import Matcher
 from amebus.pull import Puller
 from amebus.routing import CompiledRoute, ServiceMeta
-from amebus.tracing import Decision, ErrorTracer
+from amebus.tracing import ErrorTracer
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -143,7 +143,11 @@ class Service(metaclass=ServiceMeta):
         stream_subjects: if set, the stream is created with these subjects when missing, or
             updated to include them.
         ack_wait: seconds the server waits for a settlement before redelivering (30).
-        max_deliver: deliveries before a failing message is termed (5; 0 or -1: unlimited).
+        max_deliver: handler attempts before a failing message is termed and dead-lettered
+            (5; 0 or -1: unlimited). amebus counts attempts itself: a delivery given back
+            unstarted or lost with a crashed process before its handler ran costs nothing.
+        server_max_deliver: the server's own delivery limit, a backstop above
+            ``max_deliver`` (None: ``max(10 * max_deliver, 50)``; -1: unlimited).
         backoff: nak delays in seconds, by delivery number ((1, 5, 30, 120)).
         max_ack_pending: unsettled messages the server allows in flight (1000).
         concurrency: handlers run at once (1).
@@ -173,6 +177,7 @@ class Service(metaclass=ServiceMeta):
     timeout: ClassVar[float | None] = 300.0
     dead_letter_subject: ClassVar[str | None] = None
     shutdown_timeout: ClassVar[float] = 10.0
+    server_max_deliver: ClassVar[int | None] = None
     batch: ClassVar[int] = 512
     server_filter: ClassVar[str] = "auto"
     converter: ClassVar[Any] = None
@@ -249,7 +254,9 @@ class Service(metaclass=ServiceMeta):
 
     async def _serve(self, js: JetStreamContext | Client, ready: asyncio.Event | None,
                      overrides: dict[str, Any]) -> None:
-        from amebus.binding import bind_consumer, connection_of
+        from amebus.attempts import open_attempts
+        from amebus.binding import bind_consumer, check_server, connection_of
+        from amebus.gaveup import ensure_gave_up_stream, watch_gave_up
 
         cls = type(self)
         settings = _settings(cls, overrides)
@@ -258,34 +265,67 @@ class Service(metaclass=ServiceMeta):
             msg = f"{cls.__name__} declares no routes; add Route attributes before serving"
             raise ConfigurationError(msg)
         nc, api_prefix = connection_of(js)
-        stream, durable, filtered = await bind_consumer(nc.jetstream(), cls, option)
+        check_server(nc)
+        stream, durable, filtered, config = await bind_consumer(nc.jetstream(), cls, option)
+        settings = _effective(cls, settings, config)
         tracer = overrides.get("error_tracer", cls.error_tracer)
         consumer = JetStreamConsumer(self, nc, tracer, settings=settings)
         consumer.skip_unrouted = not filtered
+        consumer.limits = attrs.evolve(consumer.limits,
+                                       server_max_deliver=config.max_deliver or -1)
+        if settings.max_deliver > 0:  # unlimited attempts need no count
+            consumer.attempts = await open_attempts(nc.jetstream(), stream, durable)
         batch = max(option["batch"], 2 * settings.concurrency)  # keep every worker fed
         if option["max_ack_pending"] > 0:
             batch = min(batch, option["max_ack_pending"])  # the server delivers no more anyway
         puller = Puller(nc, stream, durable, batch=batch, api_prefix=api_prefix)
+        # A message on the server's last delivery goes to the front: run before anything else.
+        puller.urgent_at = max(consumer.limits.server_max_deliver, 0)
         await puller.start()
         consumer.on_tick = _Ticker(consumer, puller, settings).tick
         self.__dict__["_amebus_live"] = (consumer, puller)
+        watcher = None
+        if settings.dead_letter_subject is not None:
+            try:
+                await ensure_gave_up_stream(nc.jetstream(), stream, durable)
+            except Exception as exc:  # e.g. no permission on $JS.EVENT: serve without it
+                log.warning("%s: cannot capture MAX_DELIVERIES advisories of %s/%s (%r); "
+                            "messages the server gives up on are not dead-lettered",
+                            cls.__name__, stream, durable, exc)
+            else:
+                watcher = asyncio.create_task(
+                    watch_gave_up(consumer, stream, durable), name="amebus-gave-up")
         log.info("%s serving %s on stream %s as durable %s", cls.__name__,
                  ", ".join(cls.filter_subjects), stream, durable)
         if ready is not None:
             ready.set()
 
         async def stop_pulling() -> None:
-            for msg in await puller.stop():  # pulled but never started: back at once
-                await consumer.settle(msg, Decision.nak(0.0))
+            for msg in await puller.stop():  # pulled but never started: back, uncounted
+                await consumer.give_back(msg)
 
         try:
             await consumer.run_from(puller.next, before_shutdown=stop_pulling)
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             if not puller.closed:
                 with contextlib.suppress(Exception):
                     await stop_pulling()
             _read_engine(self.stats, consumer, puller)  # keep the final counts
             del self.__dict__["_amebus_live"]
+
+
+def _effective(cls: type[Service], settings: Settings, config: Any) -> Settings:
+    """``settings`` with the ``ack_wait`` the server actually applies to the durable."""
+    ack_wait = float(config.ack_wait or settings.ack_wait)
+    if abs(ack_wait - settings.ack_wait) > 1e-3:
+        log.warning("%s: the consumer's ack_wait is %gs on the server, not %gs; in-progress "
+                    "signals follow the server's", cls.__name__, ack_wait, settings.ack_wait)
+        settings = attrs.evolve(settings, ack_wait=ack_wait)
+    return settings
 
 
 def _read_engine(stats: ServiceStats, consumer: JetStreamConsumer, puller: Puller) -> None:

@@ -13,9 +13,10 @@ import attrs
 
 __all__ = ["Decision", "ErrorTracer", "Failure", "LoggingTracer", "Stage"]
 
-Stage = Literal["pre-process", "business", "post-process"]
+Stage = Literal["pre-process", "business", "post-process", "gave-up"]
 """Where a failure happened: before the handler ran (the payload does not decode, no route),
-in the handler, or after it (publishing its result events, or the dead-letter copy)."""
+in the handler, or after it (publishing its result events, or the dead-letter copy); or
+``gave-up``: the server stopped delivering it (its max_deliver was reached)."""
 
 Action = Literal["ack", "nak", "term"]
 

@@ -356,7 +356,7 @@ class TestNak:
             await js.publish(space.subject("in"), b"x")
             await eventually(lambda: terminated, what="the term advisory")
         assert [c.delivered for c in probe.calls] == [1, 2]
-        assert terminated[0]["reason"] == ("failed on delivery 2 of 2: Nak: the handler asked "
+        assert terminated[0]["reason"] == ("failed on attempt 2 of 2: Nak: the handler asked "
                                            "for redelivery after 0.1s")
         assert [(f.stage, f.deliveries, f.decision.action) for f in tracer.failures] == [
             ("business", 2, "term")]
@@ -560,7 +560,7 @@ class TestFailureOnLastDelivery:
         assert [c.delivered for c in probe.calls] == [1, 2]
         [advisory] = terminated
         assert advisory["deliveries"] == 2
-        assert advisory["reason"] == "failed on delivery 2 of 2: RuntimeError: boom"
+        assert advisory["reason"] == "failed on attempt 2 of 2: RuntimeError: boom"
         assert [f.decision.action for f in tracer.failures] == ["nak", "term"]
         assert tracer.failures[-1].stage == "business"
         assert info.num_ack_pending == 0
@@ -594,31 +594,33 @@ class TestFailureOnLastDelivery:
         assert [c.delivered for c in probe.calls] == [1, 2]
 
 
-    async def test_dead_letter_publish_failure_uses_the_spare_delivery(
+    async def test_dead_letter_publish_failure_keeps_the_message(
             self, js: JetStreamContext, space: Space, terminated: list[dict[str, Any]],
             unique_name: Callable[..., str]) -> None:
-        """No stream captures the dead-letter subject: the last delivery is nak'ed onto the
-        consumer's one spare delivery (never termed without its copy while a try is left);
-        when the copy fails again there, the message is termed with both reasons. Every
+        """No stream captures the dead-letter subject: the last attempt is nak'ed instead of
+        termed without its copy; each redelivery retries the copy without running the handler
+        again, and only on the server's last delivery is it termed with both reasons. Every
         step is traced."""
         tracer = RecordingTracer()
         probe = Probe(raising(RuntimeError("boom")))
         service = probe_service(space.subject(">"), probe)
         nowhere = unique_name("nodlq").lower() + ".dead"
-        options = space.options(max_deliver=2, dead_letter_subject=nowhere,
-                                error_tracer=tracer)
+        options = space.options(max_deliver=2, server_max_deliver=4,
+                                dead_letter_subject=nowhere, error_tracer=tracer)
         async with serving(service, js, **options):
             await js.publish(space.subject("in"), b"x")
             await eventually(lambda: terminated, what="the term advisory")
-        assert [c.delivered for c in probe.calls] == [1, 2, 3]
+        assert [c.delivered for c in probe.calls] == [1, 2]  # the handler ran twice only
         assert [(f.stage, f.deliveries, f.decision.action) for f in tracer.failures] == [
             ("business", 1, "nak"), ("business", 2, "term"), ("post-process", 2, "nak"),
-            ("business", 3, "term"), ("post-process", 3, "term")]
+            ("business", 3, "term"), ("post-process", 3, "nak"),
+            ("business", 4, "term"), ("post-process", 4, "term")]
         reason = terminated[0]["reason"]
-        assert reason.startswith("failed on delivery 3 (the spare after max_deliver 2): "
-                                 "RuntimeError: boom; the dead-letter copy failed too: ")
+        assert reason.startswith("failed or crashed 2 times (max_deliver 2); not run again; "
+                                 "the dead-letter copy failed too: ")
+        assert reason.endswith("(on the server's last delivery, 4 of 4)")
         stats = service.stats.total()
-        assert (stats.termed, stats.dead_lettered, stats.naked) == (1, 0, 2)
+        assert (stats.termed, stats.dead_lettered, stats.naked) == (1, 0, 3)
 
 
 class TestTimeout:

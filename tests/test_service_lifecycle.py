@@ -78,7 +78,7 @@ class TestBinding:
             assert info.config.ack_policy == AckPolicy.EXPLICIT
             assert info.config.deliver_subject is None
             assert info.config.ack_wait == 2.0
-            assert info.config.max_deliver == 4  # one spare for a failed dead-letter copy
+            assert info.config.max_deliver == 50  # the crash backstop: max(10 x 3, 50)
             stream = await js.stream_info(space.stream)
             assert stream.config.subjects == [f"{space.prefix}.>"]
             assert stream.config.storage == StorageType.FILE
@@ -170,7 +170,7 @@ class TestDrift:
         async with serving(recording_service(space.subject(">"), recorder), js, **options):
             info = await js.consumer_info(space.stream, space.durable)
             assert info.config.ack_wait == 1.5
-            assert info.config.max_deliver == 8  # amebus's 7, plus the spare delivery
+            assert info.config.max_deliver == 70  # the crash backstop: 10 x amebus's 7
             assert info.config.max_ack_pending == 50
             assert info.created == before.created  # updated in place, not recreated
             assert info.ack_floor.stream_seq == 5  # nothing is delivered again
