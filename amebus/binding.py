@@ -49,8 +49,8 @@ def check_server(nc: Client) -> None:
     if found == (0, 0, 0):  # not known (nats-py reports 0.0.0 before INFO): nothing to check
         return
     if found < MINIMUM_SERVER:
-        minimum = ".".join(map(str, MINIMUM_SERVER))
-        msg = (f"nats-server {version} is too old for amebus, which needs {minimum} or newer "
+        minimum, have = (".".join(map(str, v)) for v in (MINIMUM_SERVER, found))
+        msg = (f"nats-server {have} is too old for amebus, which needs {minimum} or newer "
                f"(older servers drop filter_subjects and ignore +TERM reasons); upgrade it")
         raise ConfigurationError(msg)
 

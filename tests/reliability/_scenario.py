@@ -124,6 +124,8 @@ class JobService(Service):
     stream = STREAM
     durable = DURABLE
     recorder: ClassVar[Recorder | None] = None
+    crash_on: ClassVar[frozenset[str]] = frozenset()
+    """Ids whose handler kills the process (``os._exit(3)``) once it has recorded its start."""
 
     @Route(Job)
     async def job(self, job: Job, msg: Msg) -> None:
@@ -131,6 +133,8 @@ class JobService(Service):
         delivery = _delivery(msg)
         if recorder is not None:
             recorder.write("start", job.id, delivery)
+        if job.id in type(self).crash_on:
+            os._exit(3)
         if job.sleep:
             await asyncio.sleep(job.sleep)
         if recorder is not None:
@@ -340,7 +344,8 @@ class WorkerProcess:
     """
 
     def __init__(self, urls: str | Sequence[str], directory: Path, label: str,
-                 **settings: Any) -> None:
+                 crash_on: Sequence[str] = (), **settings: Any) -> None:
+        self.crash_on = list(crash_on)
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         self.directory = directory
         self.label = label
@@ -362,6 +367,8 @@ class WorkerProcess:
                    "--label", self.label, "--settings", json.dumps(self.settings)]
         for url in self.urls:
             command += ["--url", url]
+        for job_id in self.crash_on:
+            command += ["--crash-on", job_id]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT)

@@ -39,6 +39,7 @@ async def main(args: argparse.Namespace) -> int:
     status_path = directory / f"{args.label}.status"
     recorder = Recorder(directory / f"{args.label}-{os.getpid()}.rec", args.label)
     JobService.recorder = recorder
+    JobService.crash_on = frozenset(args.crash_on)
     service = JobService()
     nc = await connect(args.url, name=f"amebus-worker-{args.label}")
     ready = asyncio.Event()
@@ -89,6 +90,8 @@ if __name__ == "__main__":
     parser.add_argument("--record", required=True)
     parser.add_argument("--label", required=True)
     parser.add_argument("--settings", default="{}")
+    parser.add_argument("--crash-on", action="append", default=[],
+                        help="a job id whose handler kills the process")
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(asyncio.run(main(parser.parse_args())))
