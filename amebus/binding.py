@@ -14,6 +14,7 @@ from nats.aio.client import Client
 from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
+from amebus.catchup import ROUTES_KEY, added_routes, recorded_routes, routes_metadata
 from amebus.errors import ConfigurationError
 from amebus.settlement import server_max_deliver
 from amebus.subjects import covers, validate_pattern
@@ -105,11 +106,13 @@ def consumer_config(cls: ServiceMeta, options: Mapping[str, Any], durable: str,
 
 
 async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping[str, Any]
-                        ) -> tuple[str, str, bool, api.ConsumerConfig]:
+                        ) -> tuple[str, str, bool, api.ConsumerConfig, tuple[list[str], int]]:
     """Make sure the stream and the durable consumer exist as declared.
 
-    Returns the stream and durable names, whether the server filters by route, and the
-    consumer's configuration as the server holds it (its effective ``ack_wait``, ...).
+    Returns the stream and durable names, whether the server filters by route, the
+    consumer's configuration as the server holds it (its effective ``ack_wait``, ...), and
+    the routes added since the durable last ran with the stream sequence it had delivered up
+    to then (``([], 0)`` when none were added).
     """
     stream = options["stream"]
     if not stream:
@@ -120,20 +123,33 @@ async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping
     stream_config = await _ensure_stream(js, cls, stream, options.get("stream_subjects"))
     filters = server_filters(cls, options["server_filter"], stream_config)
     wanted = consumer_config(cls, options, durable, filters)
+    routes = list(cls.filter_subjects)
+    wanted.metadata = routes_metadata(routes)
+    widened: tuple[list[str], int] = ([], 0)
     try:
-        current = (await js.consumer_info(stream, durable)).config
+        current_info = await js.consumer_info(stream, durable)
+        current: api.ConsumerConfig | None = current_info.config
     except NotFoundError:
         current = None
     if current is not None:
         _refuse_fixed_drift(cls, stream, durable, current)
+        before = recorded_routes(current)
+        added = added_routes(before, routes) if before is not None else []
+        if added:  # a filtered durable's position may run past what it delivered: see below
+            widened = (added, current_info.delivered.stream_seq if not _filters(current) else -1)
         changed = [f for f in _UPDATABLE if _norm(getattr(current, f)) != _norm(getattr(wanted, f))]
+        ours = {k: v for k, v in (current.metadata or {}).items() if not k.startswith("_nats")}
+        if ours.get(ROUTES_KEY) != wanted.metadata[ROUTES_KEY]:
+            changed.append("metadata")
+            wanted.metadata = {**ours, **wanted.metadata}
         if not changed:
-            return stream, durable, bool(filters), _refuse_backoff(cls, stream, durable, current)
+            return (stream, durable, bool(filters),
+                    _refuse_backoff(cls, stream, durable, current), widened)
         log.warning("%s: updating consumer %s on %s: %s", cls.__name__, durable, stream,
                     ", ".join(f"{f} {getattr(current, f)!r} -> {getattr(wanted, f)!r}"
                               for f in changed))
         # Keep what amebus does not manage (deliver policy, replicas, ...) as the server has it.
-        wanted = current.evolve(**{f: getattr(wanted, f) for f in _UPDATABLE})
+        wanted = current.evolve(**{f: getattr(wanted, f) for f in (*_UPDATABLE, "metadata")})
     try:
         info = await js.add_consumer(stream, wanted)
     except APIError as exc:
@@ -143,7 +159,16 @@ async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping
                f"(err_code {exc.err_code}); check that the stream's subjects include every "
                f"route pattern, or delete the consumer (`nats consumer rm {stream} {durable}`)")
         raise ConfigurationError(msg) from exc
-    return stream, durable, bool(filters), _refuse_backoff(cls, stream, durable, info.config)
+    if widened[1] < 0:
+        # A filtered durable has scanned past the messages its filter skipped, up to the end of
+        # the stream: everything stored now is replayed (one stored in between may come twice).
+        widened = (widened[0], (await js.stream_info(stream)).state.last_seq)
+    return (stream, durable, bool(filters), _refuse_backoff(cls, stream, durable, info.config),
+            widened)
+
+
+def _filters(config: api.ConsumerConfig) -> bool:
+    return bool(config.filter_subject or config.filter_subjects)
 
 
 def _refuse_backoff(cls: ServiceMeta, stream: str, durable: str, config: api.ConsumerConfig

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 _SETTINGS = tuple(f.name for f in attrs.fields(Settings))
 _SERVE_OPTIONS = ("stream", "durable", "stream_subjects", "max_ack_pending", "batch",
-                  "server_filter", *_SETTINGS)
+                  "server_filter", "new_routes", *_SETTINGS)
 
 
 @attrs.define
@@ -162,6 +162,9 @@ class Service(metaclass=ServiceMeta):
             (default): ``routes`` where that is free (the routes cover the stream's subjects)
             or required (work-queue streams), else ``stream``, because nats-server slows
             filtered consumers with the number of distinct subjects (docs/configuration.md).
+        new_routes: when a redeploy adds routes, ``"replay"`` (default) handles the messages
+            already stored on their subjects (up to where the durable had got), ``"skip"``
+            skips them; the count is logged either way (docs/configuration.md).
         converter: a cattrs converter for this service's events (default: amebus's own).
         error_tracer: receives every failure (default: ``LoggingTracer``).
     """
@@ -180,6 +183,7 @@ class Service(metaclass=ServiceMeta):
     server_max_deliver: ClassVar[int | None] = None
     batch: ClassVar[int] = 512
     server_filter: ClassVar[str] = "auto"
+    new_routes: ClassVar[str] = "replay"
     converter: ClassVar[Any] = None
     error_tracer: ClassVar[ErrorTracer | None] = None
 
@@ -256,6 +260,7 @@ class Service(metaclass=ServiceMeta):
                      overrides: dict[str, Any]) -> None:
         from amebus.attempts import open_attempts
         from amebus.binding import bind_consumer, check_server, connection_of
+        from amebus.catchup import catch_up
         from amebus.gaveup import ensure_gave_up_stream, watch_gave_up
 
         cls = type(self)
@@ -266,7 +271,11 @@ class Service(metaclass=ServiceMeta):
             raise ConfigurationError(msg)
         nc, api_prefix = connection_of(js)
         check_server(nc)
-        stream, durable, filtered, config = await bind_consumer(nc.jetstream(), cls, option)
+        if option["new_routes"] not in ("replay", "skip"):
+            msg = f"{cls.__name__}.new_routes is {option['new_routes']!r}; use 'replay' or 'skip'"
+            raise ConfigurationError(msg)
+        stream, durable, filtered, config, (added, upto) = await bind_consumer(
+            nc.jetstream(), cls, option)
         settings = _effective(cls, settings, config)
         tracer = overrides.get("error_tracer", cls.error_tracer)
         consumer = JetStreamConsumer(self, nc, tracer, settings=settings)
@@ -284,7 +293,11 @@ class Service(metaclass=ServiceMeta):
         await puller.start()
         consumer.on_tick = _Ticker(consumer, puller, settings).tick
         self.__dict__["_amebus_live"] = (consumer, puller)
-        watcher = None
+        background: list[asyncio.Task[Any]] = []
+        if added or await _catch_up_left(nc, stream, durable):
+            background.append(asyncio.create_task(
+                catch_up(consumer, stream, durable, added, upto, option["new_routes"]),
+                name="amebus-catch-up"))
         if settings.dead_letter_subject is not None:
             try:
                 await ensure_gave_up_stream(nc.jetstream(), stream, durable)
@@ -293,8 +306,8 @@ class Service(metaclass=ServiceMeta):
                             "messages the server gives up on are not dead-lettered",
                             cls.__name__, stream, durable, exc)
             else:
-                watcher = asyncio.create_task(
-                    watch_gave_up(consumer, stream, durable), name="amebus-gave-up")
+                background.append(asyncio.create_task(
+                    watch_gave_up(consumer, stream, durable), name="amebus-gave-up"))
         log.info("%s serving %s on stream %s as durable %s", cls.__name__,
                  ", ".join(cls.filter_subjects), stream, durable)
         if ready is not None:
@@ -307,15 +320,27 @@ class Service(metaclass=ServiceMeta):
         try:
             await consumer.run_from(puller.next, before_shutdown=stop_pulling)
         finally:
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             if not puller.closed:
                 with contextlib.suppress(Exception):
                     await stop_pulling()
             _read_engine(self.stats, consumer, puller)  # keep the final counts
             del self.__dict__["_amebus_live"]
+
+
+async def _catch_up_left(nc: Client, stream: str, durable: str) -> bool:
+    """True if a replay of added routes was interrupted (its catch-up durable exists)."""
+    from nats.js.errors import NotFoundError
+
+    try:
+        await nc.jetstream().consumer_info(stream, f"{durable}_catchup")
+    except NotFoundError:
+        return False
+    return True
 
 
 def _effective(cls: type[Service], settings: Settings, config: Any) -> Settings:

@@ -121,7 +121,7 @@ async def test_the_harness_decides_as_the_real_consumer(
 async def test_last_delivery_terms_and_dead_letters() -> None:
     outcome = await ServiceHarness(Shop(), dead_letter_subject="dlq.hx").feed(
         Paid("boom"), deliveries=2)
-    assert outcome.decision == Decision.term("failed on delivery 2 of 2: RuntimeError: boom")
+    assert outcome.decision == Decision.term("failed on attempt 2 of 2: RuntimeError: boom")
     [(subject, data, headers)] = outcome.dead_letters
     assert subject == "dlq.hx"
     assert data == b'{"order_id":"boom"}'

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -39,8 +40,11 @@ from _scenario import (
     wait_for,
 )
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import api
+from nats.js.errors import NotFoundError
 
+from amebus import Route, Service
 from amebus.testing.server import NatsServer
 
 DEAD = "dead.rel"
@@ -321,3 +325,70 @@ async def test_old_server_is_refused() -> None:
         listener.close()
     assert requests == []
 
+
+
+# -- 3. a redeploy that adds a route -------------------------------------------------------------
+
+
+def _routed(*patterns: str, seen: list[str]) -> Service:
+    async def handle(msg: Msg) -> None:
+        seen.append(msg.data.decode())
+
+    routes = {f"r{i}": Route(p, handle) for i, p in enumerate(patterns)}
+    cls = type("Routed", (Service,), {"stream": STREAM, "durable": "routed", **routes})
+    return cls()
+
+
+@pytest.mark.parametrize(("server_filter", "new_routes"),
+                         [("routes", "replay"), ("stream", "replay"), ("routes", "skip")])
+async def test_added_route_sees_the_stored_backlog(
+        server: NatsServer, ledger: Ledger, server_filter: str, new_routes: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Version 1 handles rel.a.*; version 2 adds rel.b.*. The rel.b messages stored while
+    version 1 ran (never delivered to a filtered durable, acked unhandled by an unfiltered
+    one) are replayed once (or skipped when asked), and the count is logged."""
+    js = ledger.nc.jetstream()
+    count = scaled(10, 1000)
+    for i in range(count):
+        await js.publish(f"rel.a.{i}", f"a{i}".encode())
+        await js.publish(f"rel.b.{i}", f"b{i}".encode())
+    seen: list[str] = []
+    options = {"server_filter": server_filter, "new_routes": new_routes, "ack_wait": 5.0}
+    ready = asyncio.Event()
+    task = asyncio.create_task(_routed("rel.a.*", seen=seen).serve(js, ready=ready, **options))
+    await wait_for(lambda: len(seen) == count, 20, "version 1 handling rel.a")
+    await settled_consumer(ledger.nc, STREAM, "routed")
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await js.publish("rel.b.new", b"bnew")  # after version 1: the durable delivers it anyway
+    expected = {f"b{i}" for i in range(count)} if new_routes == "replay" else set()
+    seen.clear()
+    with caplog.at_level(logging.WARNING, logger="amebus"):
+        ready = asyncio.Event()
+        task = asyncio.create_task(
+            _routed("rel.a.*", "rel.b.*", seen=seen).serve(js, ready=ready, **options))
+        await wait_for(lambda: task.done() or set(seen) >= expected | {"bnew"}, 20,
+                       "the rel.b backlog")
+        assert not task.done(), task.exception()
+        await wait_for(lambda: _gone(js, "routed_catchup"), 10, "the catch-up deleted")
+        await settled_consumer(ledger.nc, STREAM, "routed")
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert set(seen) == expected | {"bnew"}  # nothing of rel.a again
+    # A filtered durable's position is where its last pull request left it: rel.b.new, stored
+    # after version 1 stopped pulling, comes from the durable and may come from the replay too.
+    assert [i for i in seen if seen.count(i) > 1] in ([], ["bnew", "bnew"])
+    word = "replayed" if new_routes == "replay" else "skipped"
+    counts = {f"{n} stored message(s)" for n in (count, count + 1)}
+    assert any(any(c in r.getMessage() for c in counts) and word in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+async def _gone(js: Any, name: str) -> bool:
+    try:
+        await js.consumer_info(STREAM, name)
+    except NotFoundError:
+        return True
+    return False
