@@ -24,6 +24,7 @@ import pytest
 from _scenario import (
     DURABLE,
     STREAM,
+    Job,
     JobService,
     Outcome,
     Recorder,
@@ -202,12 +203,12 @@ async def test_crash_loop_costs_only_the_poison(
         workers: Callable[..., WorkerProcess]) -> None:
     """One message kills the process; a supervisor restarts it. The poison is dead-lettered
     after max_deliver attempts; every message prefetched alongside it is handled."""
-    count, max_deliver = scaled(20, 50), scaled(2, 5)
+    count, max_deliver, batch = scaled(20, 200), scaled(2, 5), scaled(20, 50)
     ids = job_ids(count)
     poison = ids[0]
     started = time.monotonic()
     await publish_jobs(ledger.nc, ids)
-    settings = {"batch": 20, "ack_wait": 1.0, "max_deliver": max_deliver,
+    settings = {"batch": batch, "ack_wait": 1.0, "max_deliver": max_deliver,
                 "dead_letter_subject": DEAD}
     crashes = 0
     worker = workers(server.url, "w0", crash_on=[poison], **settings)
@@ -222,7 +223,7 @@ async def test_crash_loop_costs_only_the_poison(
     worker.terminate()
     await worker.exited(10)
     outcome = await ledger.check(ids, record_dir, "crash-loop",
-                                 f"{crashes} crashes on one poison, batch 20", started,
+                                 f"{crashes} crashes on one poison, batch {batch}", started,
                                  crashes=crashes)
     dead = await ledger.dead_lettered()
     assert set(dead) == {poison}
@@ -376,6 +377,10 @@ async def test_added_route_sees_the_stored_backlog(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    Outcome(scenario=f"added-route-{server_filter}-{new_routes}", messages=count + 1,
+            faults="a redeploy adding rel.b.*", lost=len((expected | {"bnew"}) - set(seen)),
+            duplicates=len(seen) - len(set(seen)),
+            extra={"handled": len(set(seen)), "skipped": count - len(expected)}).report()
     assert set(seen) == expected | {"bnew"}  # nothing of rel.a again
     # A filtered durable's position is where its last pull request left it: rel.b.new, stored
     # after version 1 stopped pulling, comes from the durable and may come from the replay too.
@@ -392,3 +397,36 @@ async def _gone(js: Any, name: str) -> bool:
     except NotFoundError:
         return True
     return False
+
+
+# -- the attempt bucket unavailable ---------------------------------------------------------------
+
+
+async def test_unusable_attempt_bucket_falls_back_to_deliveries(
+        server: NatsServer, ledger: Ledger, recorder: Recorder, record_dir: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A stream in the bucket's place that is no key-value bucket: serving goes on, attempts
+    are counted by the server's deliveries (WARNING), and the failing message is still
+    dead-lettered on its last attempt."""
+    js = ledger.nc.jetstream()
+    await js.add_stream(name="KV_amebus_attempts", subjects=["$KV.amebus_attempts.>"])
+
+    class Failing(JobService):
+        @Route(Job)
+        async def job(self, job: Job, msg: Msg) -> None:
+            recorder.write("start", job.id, msg.metadata.num_delivered)
+            raise RuntimeError("boom")
+
+    with caplog.at_level(logging.WARNING, logger="amebus"):
+        ready = asyncio.Event()
+        task = asyncio.create_task(Failing().serve(
+            js, ready=ready, max_deliver=2, backoff=(0.05,), dead_letter_subject=DEAD))
+        await publish_jobs(ledger.nc, ["f1"])
+        await wait_for(lambda: _has_dead(ledger), 10, "the dead-letter copy")
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    dead = await ledger.dead_lettered()
+    assert dead["f1"]["Amebus-Deliveries"] == "2", dead
+    assert [line.delivery for line in read_records(record_dir).started()["f1"]] == [1, 2]
+    assert any("attempt bucket amebus_attempts" in r.getMessage() for r in caplog.records)
