@@ -3,10 +3,11 @@
 When the server reaches a durable's ``max_deliver`` it stops delivering the message and says
 so only in a ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<durable>`` advisory.
 With a dead-letter subject set, amebus captures those advisories in a stream of its own
-(``amebus_gaveup_<stream>_<durable>``, created at bind) and every serving instance consumes it
-through one shared durable: the given-up message is fetched by its stream sequence and
-published to the dead-letter subject with ``Amebus-Stage: gave-up``, then the advisory is
-acked. A copy that cannot be published is retried (the advisory is nak'ed with a delay).
+(``amebus_gaveup_<stream>_<durable>``, a work queue created at bind) and every serving
+instance consumes it through one shared durable: the given-up message is fetched by its
+stream sequence and published to the dead-letter subject with ``Amebus-Stage: gave-up``, then
+the advisory is acked. A copy that cannot be published is retried (the advisory is nak'ed
+with a delay).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ async def ensure_gave_up_stream(js: JetStreamContext, stream: str, durable: str)
         await js.stream_info(name)
     except NotFoundError:
         await js.add_stream(api.StreamConfig(name=name, subjects=[subject],
-                                             storage=api.StorageType.FILE))
+                                             storage=api.StorageType.FILE,
+                                             retention=api.RetentionPolicy.WORK_QUEUE))
         log.info("created stream %s over %s", name, subject)
     await js.add_consumer(name, api.ConsumerConfig(
         durable_name=_DURABLE, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=30.0))

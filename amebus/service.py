@@ -148,7 +148,7 @@ class Service(metaclass=ServiceMeta):
             unstarted or lost with a crashed process before its handler ran costs nothing.
         server_max_deliver: the server's own delivery limit, a backstop above
             ``max_deliver`` (None: ``max(10 * max_deliver, 50)``; -1: unlimited).
-        backoff: nak delays in seconds, by delivery number ((1, 5, 30, 120)).
+        backoff: nak delays in seconds, by attempt number ((1, 5, 30, 120)).
         max_ack_pending: unsettled messages the server allows in flight (1000).
         concurrency: handlers run at once (1).
         timeout: seconds a handler may run before it is cancelled and retried (300; None:
