@@ -271,9 +271,6 @@ class Service(metaclass=ServiceMeta):
             raise ConfigurationError(msg)
         nc, api_prefix = connection_of(js)
         check_server(nc)
-        if option["new_routes"] not in ("replay", "skip"):
-            msg = f"{cls.__name__}.new_routes is {option['new_routes']!r}; use 'replay' or 'skip'"
-            raise ConfigurationError(msg)
         stream, durable, filtered, config, (added, upto) = await bind_consumer(
             nc.jetstream(), cls, option)
         settings = _effective(cls, settings, config)
@@ -422,6 +419,10 @@ def _settings(cls: type[Service], overrides: Mapping[str, Any]) -> Settings:
         msg = (f"{cls.__name__}.serve() got unknown option(s) {sorted(unknown)}; "
                f"valid: {', '.join(_SERVE_OPTIONS)}, error_tracer")
         raise TypeError(msg)
+    new_routes = overrides.get("new_routes", getattr(cls, "new_routes", "replay"))
+    if new_routes not in ("replay", "skip"):
+        msg = f"{cls.__name__}.new_routes is {new_routes!r}; use 'replay' or 'skip'"
+        raise ConfigurationError(msg)
     values = {name: overrides.get(name, getattr(cls, name)) for name in _SETTINGS}
     try:
         return Settings(**values)

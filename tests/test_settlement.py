@@ -81,3 +81,33 @@ def test_server_max_deliver(max_deliver: int, configured: int | None, expected: 
 ])
 def test_encode(decision: Decision, wire: bytes) -> None:
     assert encode(decision) == wire
+
+
+def test_server_max_deliver_at_or_below_max_deliver_is_refused_at_class_creation() -> None:
+    from amebus import Route, Service
+    from amebus.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"server_max_deliver 5 must be above "
+                                                 r"max_deliver 5 \(or None for 50"):
+        class Orders(Service):
+            stream = "ORDERS"
+            max_deliver = 5
+            server_max_deliver = 5
+            everything = Route("order.>", lambda msg: None)
+
+
+def test_new_routes_is_checked_at_class_creation() -> None:
+    from amebus import Route, Service
+    from amebus.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"new_routes is 'ignore'; use 'replay' or "
+                                                 r"'skip'"):
+        class Orders(Service):
+            stream = "ORDERS"
+            new_routes = "ignore"
+            everything = Route("order.>", lambda msg: None)
+
+
+def test_limits_edges() -> None:
+    assert LIMITS.last_delivery(50) and not LIMITS.last_delivery(49)
+    assert LIMITS.last_attempt(5) and not LIMITS.last_attempt(4)
