@@ -19,7 +19,14 @@ import attrs
 
 from amebus.deadletter import one_line, publish_dead_letter, reply_meta
 from amebus.errors import DecodeError, Nak, NoRouteError, Term
-from amebus.settlement import Limits, Outcome, decide, encode, server_max_deliver
+from amebus.settlement import (
+    Limits,
+    Outcome,
+    decide,
+    deliveries_of,
+    encode,
+    server_max_deliver,
+)
 from amebus.tracing import Decision, ErrorTracer, Failure, LoggingTracer, Stage
 
 if TYPE_CHECKING:
@@ -119,6 +126,10 @@ class _Run:
     attempt: int = 1
     stored: int = 0
     exhausted: bool = False
+
+
+_FIRST = _Run(0, 1)
+"""Every first delivery's bookkeeping (shared: nothing mutates a run with nothing stored)."""
 
 
 @attrs.define(eq=False)
@@ -268,8 +279,10 @@ class JetStreamConsumer:
             return await self._unrouted(msg)
         if slot is None:
             slot = _Slot(task=asyncio.current_task())
-        run = _Run(*reply_meta(msg.reply)[1:])
-        if run.deliveries > 1:  # only a redelivery reads (and writes) its attempt count
+        deliveries = deliveries_of(msg.reply)
+        run = _FIRST  # a first delivery: attempt 1, nothing stored, nothing to read
+        if deliveries > 1:  # only a redelivery reads (and writes) its attempt count
+            run = _Run(reply_meta(msg.reply)[1], deliveries)
             await self._begin(run)
             if run.exhausted:
                 spent = AttemptsExhaustedError(
@@ -350,12 +363,15 @@ class JetStreamConsumer:
     async def _finish(self, msg: Msg, decision: Decision, handler: Handler | None,
                       run: _Run) -> None:
         store = self.attempts
-        if store is not None and run.seq:
-            if decision.action == "nak" and run.stored != run.attempt:
-                if await store.write(run.seq, run.attempt):  # before the nak: it is read next
-                    run.stored = run.attempt
-            elif decision.action != "nak" and run.stored:
-                await store.forget(run.seq)
+        if store is not None and (run.stored != run.attempt if decision.action == "nak"
+                                  else run.stored):
+            seq = run.seq or reply_meta(msg.reply)[1]
+            if not seq:
+                pass
+            elif decision.action == "nak":
+                await store.write(seq, run.attempt)  # before the nak: it is read next
+            else:
+                await store.forget(seq)
         await self.settle(msg, decision, handler)
 
     async def give_back(self, msg: Msg, handler: Handler | None = None,

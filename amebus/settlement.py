@@ -22,7 +22,7 @@ import attrs
 
 from amebus.tracing import Decision
 
-__all__ = ["Limits", "Outcome", "decide", "encode", "server_max_deliver"]
+__all__ = ["Limits", "Outcome", "decide", "deliveries_of", "encode", "server_max_deliver"]
 
 Outcome = Literal["handled", "skipped", "nak", "term", "invalid", "failed", "exhausted",
                   "unstarted", "copy-failed"]
@@ -74,6 +74,14 @@ def server_max_deliver(max_deliver: int, configured: int | None = None) -> int:
     if configured is not None:
         return configured if configured > 0 else -1
     return max(10 * max_deliver, 50) if max_deliver > 0 else -1
+
+
+def deliveries_of(reply: str) -> int:
+    """The server's delivery count in a JetStream reply subject (1 when it has none)."""
+    tokens = reply.split(".") if reply else ()
+    index = 4 if len(tokens) == 9 else 6 if len(tokens) >= 11 else -1
+    token = tokens[index] if index >= 0 else ""
+    return int(token) if token.isdigit() else 1
 
 
 def decide(outcome: Outcome, *, attempt: int, deliveries: int, limits: Limits,
