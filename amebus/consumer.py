@@ -192,6 +192,9 @@ class JetStreamConsumer:
         """The limits settlement decides against; ``serve`` sets the server's actual one."""
         self.attempts: Attempts | None = None
         """Where handler attempts are counted (None: by the server's deliveries)."""
+        self.first_reply = ""
+        """The reply-subject prefix of a first delivery (``$JS.ACK.<stream>.<durable>.1.``),
+        checked before parsing the reply: set by ``serve``."""
 
     # -- running --------------------------------------------------------------------------
 
@@ -279,7 +282,9 @@ class JetStreamConsumer:
             return await self._unrouted(msg)
         if slot is None:
             slot = _Slot(task=asyncio.current_task())
-        deliveries = deliveries_of(msg.reply)
+        reply = msg.reply
+        first = self.first_reply
+        deliveries = 1 if first and reply.startswith(first) else deliveries_of(reply)
         run = _FIRST  # a first delivery: attempt 1, nothing stored, nothing to read
         if deliveries > 1:  # only a redelivery reads (and writes) its attempt count
             run = _Run(reply_meta(msg.reply)[1], deliveries)
@@ -317,7 +322,7 @@ class JetStreamConsumer:
                 decision = await self._failed(msg, handler, stage, cancelled, run)
             elif not slot.timed_out:  # shutdown: give it back uncounted, never ack
                 slot.msg = None
-                await self.give_back(msg, handler, run)
+                await self.give_back(msg, handler, run, started=True)
                 raise
             else:
                 if task is not None:
@@ -375,7 +380,7 @@ class JetStreamConsumer:
         await self.settle(msg, decision, handler)
 
     async def give_back(self, msg: Msg, handler: Handler | None = None,
-                        run: _Run | None = None) -> Decision:
+                        run: _Run | None = None, *, started: bool = False) -> Decision:
         """Return a message that did not finish a run because serving stops.
 
         Uncounted (an attempt recorded for this run is taken back) and nak'ed for immediate
@@ -394,7 +399,8 @@ class JetStreamConsumer:
                           limits=self.limits)
         if decision.action == "term":
             error = RuntimeError(decision.reason)
-            decision = await self._failed(msg, handler, "pre-process", error, run, "unstarted")
+            stage: Stage = "business" if started else "pre-process"
+            decision = await self._failed(msg, handler, stage, error, run, "unstarted")
             if store is not None and run.stored:
                 await store.forget(run.seq)
         await self.settle(msg, decision, handler)

@@ -61,6 +61,7 @@ class Puller:
         self.error: BaseException | None = None
         self._unanswered = False  # a request got 503: nothing serves the consumer's subject
         self.urgent_at = 0  # deliveries from which a message jumps the queue (0: never)
+        self.first_reply = f"$JS.ACK.{stream}.{durable}.1."  # a first delivery's reply prefix
 
     async def start(self) -> None:
         """Subscribe the inbox and issue the first request."""
@@ -134,7 +135,8 @@ class Puller:
         if self.pending:
             self.pending -= 1
         self.received += 1  # the monitor notices that something arrived
-        if self.urgent_at and _delivery(msg.reply) >= self.urgent_at:
+        if (self.urgent_at and not msg.reply.startswith(self.first_reply)
+                and _delivery(msg.reply) >= self.urgent_at):
             self.buffer.appendleft(msg)  # the server's last try: run it before the others
         else:
             self.buffer.append(msg)

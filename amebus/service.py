@@ -287,6 +287,7 @@ class Service(metaclass=ServiceMeta):
         puller = Puller(nc, stream, durable, batch=batch, api_prefix=api_prefix)
         # A message on the server's last delivery goes to the front: run before anything else.
         puller.urgent_at = max(consumer.limits.server_max_deliver, 0)
+        consumer.first_reply = puller.first_reply
         await puller.start()
         consumer.on_tick = _Ticker(consumer, puller, settings).tick
         self.__dict__["_amebus_live"] = (consumer, puller)

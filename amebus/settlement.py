@@ -111,8 +111,8 @@ def decide(outcome: Outcome, *, attempt: int, deliveries: int, limits: Limits,
         return Decision.term(reason, dead_letter=dead_letter)
     if outcome == "unstarted":
         if last_delivery:
-            reason = (f"not run: serving stopped on the server's last delivery "
-                      f"({deliveries} of {limits.server_max_deliver})")
+            reason = (f"serving stopped before it was handled, on the server's last "
+                      f"delivery ({deliveries} of {limits.server_max_deliver})")
             return Decision.term(reason, dead_letter=dead_letter)
         return Decision.nak(0.0)
     if outcome == "copy-failed":

@@ -42,8 +42,8 @@ ROWS = [
                    dead_letter=True)),
     ("given back unstarted (shutdown)", "unstarted", 0, 3, {}, Decision.nak(0.0)),
     ("given back on the server's last delivery", "unstarted", 0, 50, {"dead_letter": True},
-     Decision.term("not run: serving stopped on the server's last delivery (50 of 50)",
-                   dead_letter=True)),
+     Decision.term("serving stopped before it was handled, on the server's last delivery "
+                   "(50 of 50)", dead_letter=True)),
     ("dead-letter copy failed, deliveries left", "copy-failed", 5, 5, {"error": "r"},
      Decision.nak(30.0)),
     ("dead-letter copy failed on the server's last delivery", "copy-failed", 5, 50,

@@ -430,3 +430,34 @@ async def test_unusable_attempt_bucket_falls_back_to_deliveries(
     assert dead["f1"]["Amebus-Deliveries"] == "2", dead
     assert [line.delivery for line in read_records(record_dir).started()["f1"]] == [1, 2]
     assert any("attempt bucket amebus_attempts" in r.getMessage() for r in caplog.records)
+
+
+# -- the server's last delivery is never nak'ed into oblivion -----------------------------------
+
+
+async def test_stop_on_the_servers_last_delivery_dead_letters(
+        server: NatsServer, ledger: Ledger, recorder: Recorder, record_dir: Path) -> None:
+    """Serving stops while a message on the server's last delivery runs past
+    shutdown_timeout: a nak 0 would make the server give up silently, so it is termed and
+    dead-lettered with the reason; the server sends no MAX_DELIVERIES advisory."""
+    js = ledger.nc.jetstream()
+    options = {"ack_wait": 1.0, "max_deliver": 1, "server_max_deliver": 2,
+               "shutdown_timeout": 0.2, "dead_letter_subject": DEAD}
+    async with _serving(ledger.nc, **options):
+        pass  # binds the durable
+    await publish_jobs(ledger.nc, ["s1"], sleep=30.0)
+    sub = await js.pull_subscribe_bind(DURABLE, STREAM)
+    [first] = await sub.fetch(1, timeout=5)  # delivery 1, never settled
+    await sub.unsubscribe()
+    async with _serving(ledger.nc, **options):  # delivery 2 of 2 after ack_wait
+        await wait_for(lambda: "s1" in read_records(record_dir).started(), 10, "delivery 2")
+    dead = await ledger.dead_lettered()
+    assert dead["s1"]["Amebus-Deliveries"] == "2"
+    assert dead["s1"]["Amebus-Stage"] == "business"
+    assert dead["s1"]["Amebus-Error"].startswith(
+        "RuntimeError: serving stopped before it was handled, on the server's last delivery "
+        "(2 of 2)")
+    info = await js.consumer_info(STREAM, DURABLE)
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+    assert ledger.advisories == []
+    assert first.metadata.num_delivered == 1
