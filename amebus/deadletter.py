@@ -5,10 +5,12 @@ take when it cannot be stored; with the reply-subject and one-line helpers the c
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import TYPE_CHECKING
 
 import attrs
 
+from amebus._text import safe_text
 from amebus.tracing import Decision, ErrorTracer, Failure
 
 if TYPE_CHECKING:
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
 
     from amebus.consumer import Settings
 
-__all__ = ["one_line", "publish_dead_letter", "reply_meta"]
+__all__ = ["dead_letter_headers", "one_line", "publish_dead_letter", "reply_meta"]
 
 
 async def publish_dead_letter(js: JetStreamContext, subject: str, msg: Msg, failure: Failure,
@@ -28,23 +30,7 @@ async def publish_dead_letter(js: JetStreamContext, subject: str, msg: Msg, fail
     Returns None once the copy is stored, else the decision to send instead of ``decision``
     (a term without a copy, a nak onto the spare delivery); each such failure is traced.
     """
-    headers = {k: v for k, v in (msg.headers or {}).items()
-               if k not in ("Nats-Msg-Id", "Amebus-Event-Type")}
-    original = msg.headers or {}
-    if "Nats-Msg-Id" in original:
-        headers["Amebus-Original-Msg-Id"] = original["Nats-Msg-Id"]
-    if "Amebus-Event-Type" in original:
-        headers["Amebus-Original-Event-Type"] = original["Amebus-Event-Type"]
-    headers.update({
-        "Amebus-Dead-Letter": "1",
-        "Amebus-Original-Subject": msg.subject,
-        "Amebus-Original-Stream": failure.stream,
-        "Amebus-Original-Sequence": str(failure.stream_seq),
-        "Amebus-Deliveries": str(failure.deliveries),
-        "Amebus-Stage": failure.stage,
-        "Amebus-Route": failure.route or "",
-        "Amebus-Error": one_line(failure.error),
-    })
+    headers = dead_letter_headers(msg, failure)
     size = len(msg.data) + 12 + sum(len(k.encode()) + len(v.encode()) + 4
                                     for k, v in headers.items())
     if max_payload is not None and size > max_payload:  # the server would close the connection
@@ -75,6 +61,53 @@ async def publish_dead_letter(js: JetStreamContext, subject: str, msg: Msg, fail
     return None
 
 
+_RENAMED = {"nats-msg-id": "Amebus-Original-Msg-Id",
+            "amebus-event-type": "Amebus-Original-Event-Type"}
+# The header names nats-py 2.16 sends (its _HEADER_KEY_RE, an RFC 7230 token); other names it
+# refuses with BadHeaderError, which would fail every copy of such a message.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def dead_letter_headers(msg: Msg, failure: Failure) -> dict[str, str]:
+    """The headers of the dead-letter copy of ``msg`` (the table in docs/settlement.md).
+
+    Every original header is kept, except that a ``Nats-`` header (it steers the server:
+    ``Nats-Expected-Stream`` would make it refuse the copy, ``Nats-TTL`` expire it,
+    ``Nats-Rollup`` purge earlier dead letters) is renamed ``Amebus-Original-<Name>``
+    (``Nats-Msg-Id`` and ``Amebus-Event-Type`` keep their documented names
+    ``Amebus-Original-Msg-Id`` and ``Amebus-Original-Event-Type``), and a name no client can
+    send is dropped. amebus's own headers are set last and win.
+    """
+    headers: dict[str, str] = {}
+    for name, value in (msg.headers or {}).items():
+        key = name.strip()
+        lower = key.lower()
+        if lower in _RENAMED:
+            key = _RENAMED[lower]
+        elif lower.startswith("nats-"):
+            key = "Amebus-Original-" + key
+        if _TOKEN.fullmatch(key):
+            headers[key] = _header_value(value)
+    headers.update({
+        "Amebus-Dead-Letter": "1",
+        "Amebus-Original-Subject": _header_value(msg.subject),
+        "Amebus-Original-Stream": _header_value(failure.stream),
+        "Amebus-Original-Sequence": str(failure.stream_seq),
+        "Amebus-Deliveries": str(failure.deliveries),
+        "Amebus-Stage": failure.stage,
+        "Amebus-Route": _header_value(failure.route or ""),
+        "Amebus-Error": one_line(failure.error),
+    })
+    return headers
+
+
+def _header_value(value: object) -> str:
+    """A header value as is when it can be sent, else escaped (never cut: a subject must stay
+    whole for a replay)."""
+    text = value if type(value) is str else safe_text(value, None, collapse=False)
+    return text if text.isprintable() else safe_text(text, None, collapse=False)
+
+
 def reply_meta(reply: str) -> tuple[str, int, int]:
     """(stream, stream sequence, deliveries) from a JetStream reply subject."""
     tokens = reply.split(".") if reply else []
@@ -89,8 +122,6 @@ def reply_meta(reply: str) -> tuple[str, int, int]:
 
 
 def one_line(value: object, limit: int = 300) -> str:
-    """``value`` (an exception as ``Type: message``) on one line of at most ``limit`` chars."""
-    text = str(value) if not isinstance(value, BaseException) else (
-        f"{type(value).__name__}: {value}")
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """``value`` (an exception as ``Type: message``) on one safe line of at most ``limit``
+    chars: :func:`amebus._text.safe_text`, which never fails."""
+    return safe_text(value, limit)

@@ -1,0 +1,178 @@
+"""Hostile input against a real nats-server (issue 11): lone surrogates and control characters
+in the text a handler raises, exceptions whose ``__str__`` is broken. Each is settled as the
+settlement table says, with a safe reason, and serving goes on with good traffic after it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import pytest
+from _support import Space, eventually, serving, settled
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+import amebus
+from amebus import Route, Service, Term
+from amebus._text import safe_text
+
+TERMINATED = "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED"
+
+
+@attrs.frozen
+class Order(amebus.Event):
+    subject_pattern = "*.in.*"
+    id: str
+
+
+class BrokenStr(Exception):
+    def __str__(self) -> str:
+        msg = "__str__ itself fails"
+        raise RuntimeError(msg)
+
+
+class NonStr(Exception):
+    def __str__(self) -> str:
+        return 42  # type: ignore[return-value]  # the hostile case
+
+
+HOSTILE_TEXT = "bad \ud800 order\x1b[2J\r\n2026-01-01 CRITICAL forged line\u202e"
+
+
+@pytest.fixture
+async def terminated(nc: Client, space: Space) -> AsyncIterator[list[dict[str, Any]]]:
+    seen: list[dict[str, Any]] = []
+
+    async def on(msg: Msg) -> None:
+        seen.append(json.loads(msg.data))
+
+    sub = await nc.subscribe(f"{TERMINATED}.{space.stream}.{space.durable}", cb=on)
+    await nc.flush()
+    yield seen
+    await sub.unsubscribe()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.good: list[str] = []
+
+
+def order_service(recorder: Recorder, behave: Any) -> Service:
+    async def handle(order: Order) -> None:
+        if order.id.startswith("good"):
+            recorder.good.append(order.id)
+            return
+        behave(order)
+
+    class Orders(Service):
+        orders = Route("*.in.*", handle)
+
+    return Orders()
+
+
+async def publish_raw(js: JetStreamContext, space: Space, token: str, body: bytes) -> int:
+    return (await js.publish(space.subject("in", token), body)).seq
+
+
+async def test_term_reason_with_a_lone_surrogate(js: JetStreamContext, space: Space,
+                                                 terminated: list[dict[str, Any]]) -> None:
+    """``raise Term(f"unknown order {o.id}")`` with ``{"id": "\\ud800"}``: termed with the
+    escaped reason, and the next message is handled."""
+
+    def refuse(order: Order) -> None:
+        raise Term(f"unknown order {order.id}")
+
+    recorder = Recorder()
+    service = order_service(recorder, refuse)
+    async with serving(service, js, **space.options()) as task:
+        await publish_raw(js, space, "o1", b'{"id": "x\\ud800\\u0007y"}')
+        last = await publish_raw(js, space, "o2", b'{"id": "good-1"}')
+        await settled(js, space, last)
+        await eventually(lambda: terminated, what="the term advisory")
+        assert not task.done()
+    [advisory] = terminated
+    assert advisory["reason"] == "unknown order x\\ud800\\x07y"
+    assert recorder.good == ["good-1"]
+
+
+@pytest.mark.parametrize("error", [BrokenStr(), NonStr(), ValueError(HOSTILE_TEXT)],
+                         ids=["str-raises", "str-not-str", "surrogate-and-controls"])
+async def test_hostile_exception_on_the_last_delivery(
+        js: JetStreamContext, space: Space, terminated: list[dict[str, Any]],
+        caplog: pytest.LogCaptureFixture, error: Exception) -> None:
+    """The last delivery fails with an exception whose text is hostile: the default tracer
+    logs it (pytest's log handler raises on any formatting error), the dead-letter copy is
+    stored with a safe ``Amebus-Error``, the message is termed with a safe reason, and
+    serving goes on."""
+
+    def fail(order: Order) -> None:
+        raise error
+
+    recorder = Recorder()
+    service = order_service(recorder, fail)
+    dead = space.subject("dead")
+    caplog.set_level(logging.WARNING, logger="amebus")
+    async with serving(service, js, **space.options(max_deliver=1,
+                                                   dead_letter_subject=dead)) as task:
+        await publish_raw(js, space, "o1", b'{"id": "bad"}')
+        await eventually(lambda: terminated, what="the term advisory")
+        last = await publish_raw(js, space, "o2", b'{"id": "good-2"}')
+        await eventually(lambda: recorder.good, what="the good message handled")
+        await settled(js, space, last)
+        assert not task.done()
+    expected = safe_text(error)
+    assert "\r" not in expected and "\n" not in expected and "\ud800" not in expected
+    [advisory] = terminated
+    assert advisory["reason"] == f"failed on delivery 1 of 1: {expected}"
+    letter = await js.get_msg(space.stream, 2)
+    assert letter.subject == dead
+    assert (letter.headers or {})["Amebus-Error"] == expected
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    line = record.getMessage()
+    assert expected in line and "\n" not in line and "\x1b" not in line
+    if isinstance(error, BrokenStr | NonStr):
+        assert expected == f"{type(error).__name__} (str() failed)"
+
+
+async def test_size_check_of_a_copy_with_a_hostile_error(
+        nc: Client, js: JetStreamContext, space: Space,
+        terminated: list[dict[str, Any]]) -> None:
+    """A payload near max_payload whose handler fails with a surrogate in its text: the size
+    check computes, the message is termed without a copy, serving goes on."""
+
+    def fail(order: Order) -> None:
+        raise ValueError(HOSTILE_TEXT)
+
+    recorder = Recorder()
+    service = order_service(recorder, fail)
+    filler = "x" * (nc.max_payload - 200)
+    async with serving(service, js, **space.options(
+            max_deliver=1, dead_letter_subject=space.subject("dead"))) as task:
+        await publish_raw(js, space, "o1", json.dumps({"id": "bad", "pad": filler}).encode())
+        await eventually(lambda: terminated, what="the term advisory")
+        last = await publish_raw(js, space, "o2", b'{"id": "good-3"}')
+        await settled(js, space, last)
+        assert not task.done()
+    [advisory] = terminated
+    assert advisory["reason"].endswith("; not dead-lettered: too large")
+    assert "\\ud800" in advisory["reason"]
+    assert recorder.good == ["good-3"]
+    assert (await js.stream_info(space.stream)).state.messages == 2  # no copy
+
+
+def test_safe_text_rules() -> None:
+    assert safe_text("plain text stays") == "plain text stays"
+    assert safe_text(ValueError("a\n b")) == "ValueError: a b"
+    assert safe_text(ValueError()) == "ValueError"
+    assert safe_text("\ud800\x00\x7f\x9b") == "\\ud800\\x00\\x7f\\x9b"
+    assert safe_text("é ✓ 🙂") == "é ✓ 🙂"
+    cut = safe_text("y" * 5000)
+    assert len(cut) == 300 and cut.endswith("...")
+    assert safe_text(BrokenStr()) == "BrokenStr (str() failed)"
+    assert safe_text(NonStr()) == "NonStr (str() failed)"
+    safe_text(HOSTILE_TEXT).encode()  # never raises
