@@ -94,6 +94,15 @@ class _Slot:
     deadline: float = 0.0
     progress_at: float = 0.0
     timed_out: bool = False
+    cancels: int = 0
+    """Cancellations the watchdog sent the current handler (one per tick past its deadline)."""
+
+    def forgive(self, task: asyncio.Task[Any] | None) -> None:
+        """Withdraw the watchdog's cancellations of this handler from ``task``'s count."""
+        if task is not None:
+            for _ in range(self.cancels):
+                task.uncancel()
+        self.cancels, self.timed_out = 0, False
 
 
 _NEVER = float("inf")
@@ -213,8 +222,7 @@ class JetStreamConsumer:
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if slot.timed_out and not self.stopping and task is not None:
-                    task.uncancel()  # a timeout that fired just after its handler finished
-                    slot.timed_out = False
+                    slot.forgive(task)  # a timeout that fired just after its handler finished
                     continue
                 raise
 
@@ -230,11 +238,14 @@ class JetStreamConsumer:
         start = time.monotonic()
         timeout = handler.timeout if handler.timeout is not None else self.settings.timeout
         slot.deadline = start + timeout if timeout is not None else _NEVER
+        slot.timed_out, slot.cancels = False, 0
         slot.started, slot.msg = start, msg  # the watchdog watches it from here
         stage: Stage = "business"
         try:
             try:
                 result = await handler.run(msg)
+                if slot.timed_out:  # it swallowed the watchdog's cancellation: still a timeout
+                    raise asyncio.CancelledError
             finally:
                 slot.deadline = _NEVER  # only the handler itself is timed
                 stats = handler.stats
@@ -257,9 +268,7 @@ class JetStreamConsumer:
                 await self.settle(msg, Decision.nak(0.0), handler)
                 raise
             else:
-                if task is not None:
-                    task.uncancel()
-                slot.timed_out = False
+                slot.forgive(task)
                 error = HandlerTimeoutError(f"handler {handler.name} ran past its {timeout}s "
                                             f"timeout and was cancelled")
                 decision = await self._failed(msg, handler, stage, error)
@@ -374,8 +383,12 @@ class JetStreamConsumer:
                 msg = slot.msg
                 if msg is None:
                     continue
-                if now >= slot.deadline and not slot.timed_out and slot.task is not None:
+                if now >= slot.deadline and slot.task is not None:
+                    # Past the deadline: cancel, and again at every tick while the handler
+                    # runs on (one that catches CancelledError once must not escape its
+                    # timeout); no in-progress signal for it any more.
                     slot.timed_out = True
+                    slot.cancels += 1
                     slot.task.cancel()
                 elif now - max(slot.progress_at, slot.started) >= progress_every and msg.reply:
                     slot.progress_at = now

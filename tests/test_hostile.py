@@ -5,6 +5,7 @@ settlement table says, with a safe reason, and serving goes on with good traffic
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -176,3 +177,66 @@ def test_safe_text_rules() -> None:
     assert safe_text(BrokenStr()) == "BrokenStr (str() failed)"
     assert safe_text(NonStr()) == "NonStr (str() failed)"
     safe_text(HOSTILE_TEXT).encode()  # never raises
+
+
+# -- timeouts that a handler tries to escape ------------------------------------------------
+
+
+class TimeoutTracer:
+    def __init__(self) -> None:
+        self.failures: list[amebus.Failure] = []
+
+    def trace(self, failure: amebus.Failure) -> None:
+        self.failures.append(failure)
+
+
+async def test_timeout_holds_when_a_handler_swallows_a_cancellation(
+        js: JetStreamContext, space: Space) -> None:
+    """Delivery 1 of "swallow" catches CancelledError once and sleeps on; delivery 1 of
+    "returns" catches it and returns. Both are settled as timeouts (nak, traced as
+    ``HandlerTimeoutError``), and the next job on the same worker is still timed."""
+    seen: list[tuple[str, int, str]] = []
+
+    async def handle(msg: Msg) -> None:
+        token, delivery = msg.subject.rsplit(".", 1)[-1], msg.metadata.num_delivered
+        if delivery > 1:
+            seen.append((token, delivery, "done"))
+            return
+        if token == "plain":
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                seen.append((token, delivery, "cancelled"))
+                raise
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            seen.append((token, delivery, "swallowed"))
+            if token == "returns":
+                return
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            seen.append((token, delivery, "cancelled again"))
+            raise
+
+    class Sleepy(Service):
+        sleepy = Route("*.in.*", handle)
+
+    tracer = TimeoutTracer()
+    options = space.options(timeout=0.3, concurrency=1, error_tracer=tracer)
+    async with serving(Sleepy(), js, **options):
+        for token in ("swallow", "returns", "plain"):
+            last = await publish_raw(js, space, token, b"{}")
+        await eventually(lambda: len([s for s in seen if s[2] == "done"]) == 3, timeout=15,
+                         what="every message handled on its second delivery")
+        await settled(js, space, last)
+    by_token = {t: [(d, what) for token, d, what in seen if token == t]
+                for t in ("swallow", "returns", "plain")}
+    assert by_token == {"swallow": [(1, "swallowed"), (1, "cancelled again"), (2, "done")],
+                        "returns": [(1, "swallowed"), (2, "done")],
+                        "plain": [(1, "cancelled"), (2, "done")]}
+    assert sorted((f.subject.rsplit(".", 1)[-1], type(f.error).__name__, f.decision.action)
+                  for f in tracer.failures) == sorted([("swallow", "HandlerTimeoutError", "nak"),
+                                          ("returns", "HandlerTimeoutError", "nak"),
+                                          ("plain", "HandlerTimeoutError", "nak")])
