@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
+from amebus import _checks
 from amebus.deadletter import one_line, publish_dead_letter, reply_meta
 from amebus.errors import DecodeError, Nak, NoRouteError, Term
 from amebus.tracing import Decision, ErrorTracer, Failure, LoggingTracer, Stage
@@ -47,13 +48,15 @@ class HandlerTimeoutError(TimeoutError):
 class Settings:
     """How messages are run and settled (the ``Service`` class attributes of the same names)."""
 
-    concurrency: int = attrs.field(default=1, validator=attrs.validators.ge(1))
-    ack_wait: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
-    max_deliver: int = attrs.field(default=5)
-    backoff: tuple[float, ...] = attrs.field(default=(1.0, 5.0, 30.0, 120.0), converter=tuple)
-    timeout: float | None = 300.0
-    dead_letter_subject: str | None = None
-    shutdown_timeout: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    concurrency: int = attrs.field(default=1, validator=_checks.integer(minimum=1))
+    ack_wait: float = attrs.field(default=30.0, validator=_checks.seconds(strict=True))
+    max_deliver: int = attrs.field(default=5, validator=_checks.integer(
+        minimum=-1, extra=" (0 or -1: unlimited)"))
+    backoff: tuple[float, ...] = attrs.field(default=(1.0, 5.0, 30.0, 120.0),
+                                             converter=_checks.delays)
+    timeout: float | None = attrs.field(default=300.0, validator=_checks.optional_seconds)
+    dead_letter_subject: str | None = attrs.field(default=None, validator=_checks.subject)
+    shutdown_timeout: float = attrs.field(default=10.0, validator=_checks.seconds())
 
     def retry_delay(self, deliveries: int) -> float:
         """The nak delay after delivery number ``deliveries`` failed."""
@@ -278,8 +281,11 @@ class JetStreamConsumer:
                 decision = await self._failed(msg, handler, stage, nak)
             else:
                 delay = nak.delay
-                decision = Decision.nak(
-                    self.settings.retry_delay(deliveries) if delay is None else delay)
+                try:  # Nak checks its delay; one changed after raising is a handler failure
+                    decision = Decision.nak(
+                        self.settings.retry_delay(deliveries) if delay is None else delay)
+                except (TypeError, ValueError) as bad:
+                    decision = await self._failed(msg, handler, stage, bad)
         except Term as term:
             decision = Decision.term(term.reason or "terminated by the handler")
         except BaseException as exc:

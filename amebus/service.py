@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
+from amebus._checks import check_options
 from amebus.codec import Codec, default_codec
 from amebus.consumer import Handler, JetStreamConsumer, RouteStats, Settings
 from amebus.errors import ConfigurationError, DecodeError, NoRouteError
@@ -359,6 +360,9 @@ def _settings(cls: type[Service], overrides: Mapping[str, Any]) -> Settings:
         raise TypeError(msg)
     values = {name: overrides.get(name, getattr(cls, name)) for name in _SETTINGS}
     try:
+        check_options({name: overrides.get(name, getattr(cls, name))
+                       for name in (*_SERVE_OPTIONS, "error_tracer", "converter")
+                       if name not in values})
         return Settings(**values)
     except (TypeError, ValueError) as exc:
         msg = f"{cls.__name__}: invalid configuration: {exc}"

@@ -12,6 +12,7 @@ from typing import Literal, Protocol
 import attrs
 
 from amebus._text import safe_text
+from amebus.errors import check_delay
 
 __all__ = ["Decision", "ErrorTracer", "Failure", "LoggingTracer", "Stage"]
 
@@ -27,7 +28,9 @@ class Decision:
     """How a message is settled: ``ack``, ``nak`` after ``delay`` seconds, or ``term``."""
 
     action: Action
-    delay: float = 0.0
+    delay: float = attrs.field(default=0.0, converter=check_delay)
+    """Seconds before a nak's redelivery: a finite number from 0 to ``amebus.errors.MAX_DELAY``
+    (else TypeError or ValueError)."""
     reason: str = ""
     dead_letter: bool = False
     """With ``term``: publish a copy to the service's ``dead_letter_subject`` first."""

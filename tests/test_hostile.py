@@ -240,3 +240,128 @@ async def test_timeout_holds_when_a_handler_swallows_a_cancellation(
                   for f in tracer.failures) == sorted([("swallow", "HandlerTimeoutError", "nak"),
                                           ("returns", "HandlerTimeoutError", "nak"),
                                           ("plain", "HandlerTimeoutError", "nak")])
+
+
+# -- settings checked at class creation and at serve() --------------------------------------
+
+
+INF = float("inf")
+BAD_SETTINGS = [
+    ("timeout", 0, "timeout is 0"), ("timeout", -1, "timeout is -1"),
+    ("timeout", "5", "timeout is '5' (str)"), ("timeout", INF, "timeout is inf"),
+    ("backoff", ("1",), "backoff[0] of ('1',): the nak delay is '1' (str)"),
+    ("backoff", (INF,), "backoff[0] of (inf,): the nak delay is inf"),
+    ("backoff", (1e10,), "backoff[0] of (10000000000.0,): the nak delay is 10000000000.0"),
+    ("backoff", "fast", "backoff is 'fast' (str)"), ("backoff", 5, "backoff is 5 (int)"),
+    ("stream_subjects", "order.>", "stream_subjects is 'order.>' (str); give a tuple of "
+                                   "subject patterns, like ('order.>',)"),
+    ("stream_subjects", ("order..x",), "empty token"),
+    ("batch", 0, "batch is 0"), ("batch", True, "batch is True"),
+    ("concurrency", 0, "concurrency is 0"), ("concurrency", 1.5, "concurrency is 1.5"),
+    ("ack_wait", 0, "ack_wait is 0"), ("max_deliver", -2, "max_deliver is -2"),
+    ("max_ack_pending", 0, "max_ack_pending is 0"), ("shutdown_timeout", -1, "is -1"),
+    ("dead_letter_subject", "dead.>", "dead_letter_subject is 'dead.>', a wildcard"),
+    ("dead_letter_subject", "dead orders", "a space"),
+    ("error_tracer", 5, "error_tracer is 5"), ("converter", 5, "converter is 5"),
+    ("durable", "orders.eu", "durable is 'orders.eu': it contains '.'"),
+    ("durable", "a b", "it contains ' '"), ("stream", "ORD*", "stream is 'ORD*'"),
+    ("durable", "x" * 300, "it is 300 characters long"),
+    ("server_filter", "fast", "server_filter is 'fast'"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "quoted"), BAD_SETTINGS,
+                         ids=[f"{n}={v!r}"[:40] for n, v, _ in BAD_SETTINGS])
+def test_bad_setting_refused_at_class_creation(name: str, value: object, quoted: str) -> None:
+    async def handle(msg: Msg) -> None: ...
+
+    with pytest.raises(amebus.ConfigurationError) as caught:
+        type("Bad", (Service,), {"stream": "S", "r": Route("a.>", handle), name: value})
+    text = str(caught.value)
+    assert text.startswith("Bad: invalid configuration: ")
+    assert quoted in text
+
+
+@pytest.mark.parametrize(("name", "value", "quoted"),
+                         [s for s in BAD_SETTINGS if s[0] != "converter"],
+                         ids=[f"{n}={v!r}"[:40] for n, v, _ in BAD_SETTINGS if n != "converter"])
+async def test_bad_setting_refused_at_serve(js: JetStreamContext, name: str, value: object,
+                                            quoted: str) -> None:
+    async def handle(msg: Msg) -> None: ...
+
+    class Fine(Service):
+        stream = "NEVER_CREATED"
+        r = Route("a.>", handle)
+
+    with pytest.raises(amebus.ConfigurationError, match="invalid configuration") as caught:
+        await Fine().serve(js, **{name: value})
+    assert quoted in str(caught.value)
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "5", float("inf"), float("nan"), True])
+def test_bad_route_timeout_refused(timeout: object) -> None:
+    async def handle(msg: Msg) -> None: ...
+
+    with pytest.raises(amebus.ConfigurationError, match="give a number of seconds above 0"):
+        Route("a.b", handle, timeout=timeout)  # type: ignore[arg-type]
+
+
+def test_nak_delay_checked_where_it_is_raised() -> None:
+    for bad, kind in [(INF, ValueError), (float("nan"), ValueError), (-1, ValueError),
+                      (1e10, ValueError), ("5", TypeError), (True, TypeError)]:
+        with pytest.raises(kind, match=r"the nak delay is .*; give seconds from 0 to "
+                                       r"9223372036 as a number"):
+            amebus.Nak(bad)  # type: ignore[arg-type]
+    assert amebus.Nak(amebus.errors.MAX_DELAY).delay == amebus.errors.MAX_DELAY
+    assert amebus.Nak(5).delay == 5.0 and amebus.Nak().delay is None
+    with pytest.raises(ValueError, match="the nak delay is inf"):
+        amebus.Decision.nak(INF)
+
+
+async def test_bad_nak_is_a_handler_failure(js: JetStreamContext, space: Space) -> None:
+    """``raise Nak(inf)`` and ``raise Nak("5")`` fail where raised (a ValueError/TypeError,
+    retried with the backoff); a Nak whose delay was changed after it was made is a failure of
+    the handler too. None of them ends serve()."""
+    done: list[str] = []
+
+    async def handle(msg: Msg) -> None:
+        token = msg.subject.rsplit(".", 1)[-1]
+        if msg.metadata.num_delivered > 1:
+            done.append(token)
+            return
+        if token == "inf":
+            raise amebus.Nak(INF)
+        if token == "str":
+            raise amebus.Nak("5")  # type: ignore[arg-type]
+        nak = amebus.Nak(1)
+        nak.delay = 1e12
+        raise nak
+
+    class Naks(Service):
+        r = Route("*.in.*", handle)
+
+    tracer = TimeoutTracer()
+    async with serving(Naks(), js, **space.options(error_tracer=tracer)) as task:
+        for token in ("inf", "str", "changed"):
+            last = await publish_raw(js, space, token, b"{}")
+        await eventually(lambda: len(done) == 3, what="every message handled again")
+        await settled(js, space, last)
+        assert not task.done()
+    assert sorted(done) == ["changed", "inf", "str"]
+    kinds = sorted((f.subject.rsplit(".", 1)[-1], type(f.error).__name__, f.decision.action)
+                   for f in tracer.failures)
+    assert kinds == [("changed", "ValueError", "nak"), ("inf", "ValueError", "nak"),
+                     ("str", "TypeError", "nak")]
+
+
+def test_float_out_of_range_refused_like_infinity() -> None:
+    @attrs.frozen
+    class Reading(amebus.Event):
+        subject = "reading.x"
+        value: float
+
+    for payload in (b'{"value": 1e400}', b'{"value": -1e400}', b'{"value": 1' + b"0" * 400
+                    + b"}"):
+        with pytest.raises(amebus.DecodeError):
+            amebus.codec.default_codec.decode(Reading, payload)
+    assert amebus.codec.default_codec.decode(Reading, b'{"value": 1e300}').value == 1e300
