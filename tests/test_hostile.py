@@ -14,6 +14,8 @@ from typing import Any
 import attrs
 import pytest
 from _support import Space, eventually, serving, settled
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -365,3 +367,87 @@ def test_float_out_of_range_refused_like_infinity() -> None:
         with pytest.raises(amebus.DecodeError):
             amebus.codec.default_codec.decode(Reading, payload)
     assert amebus.codec.default_codec.decode(Reading, b'{"value": 1e300}').value == 1e300
+
+
+# -- subjects the connection cannot carry ---------------------------------------------------
+
+
+@attrs.frozen
+class Tagged(amebus.Event):
+    subject_pattern = "*.out.*"
+    ns: str
+    tag: str
+
+    def subject(self) -> tuple[str, ...]:
+        return (self.ns, "out", self.tag)
+
+
+async def test_a_subject_over_the_control_line_is_refused_before_sending(
+        nc: Client, js: JetStreamContext, space: Space) -> None:
+    await js.add_stream(name=space.stream, subjects=[space.subject(">")])
+    long = Tagged(space.prefix, "t" * 4_100)
+    with pytest.raises(amebus.SubjectError, match="control-line limit of 4096") as caught:
+        await long.publish(js)
+    size = len(amebus.subject_of(long).encode())
+    assert "nothing was sent" in str(caught.value) and f"is {size} bytes" in str(caught.value)
+    assert nc.is_connected
+    ok1, ok2 = Tagged(space.prefix, "ok1"), Tagged(space.prefix, "ok2")
+    with pytest.raises(amebus.SubjectError, match=r"events\[1\]: .*nothing was published"):
+        await amebus.publish_many(js, [ok1, long, ok2])
+    assert (await js.stream_info(space.stream)).state.messages == 0  # checked before sending
+    assert [a.seq for a in await amebus.publish_many(js, [ok1, ok2])] == [1, 2]
+    assert nc.is_connected
+
+
+async def test_a_handler_returning_such_an_event_fails_post_process(
+        js: JetStreamContext, space: Space, terminated: list[dict[str, Any]]) -> None:
+    """A post-process failure, settled by the table: nak with the backoff, termed with a
+    dead-letter copy on the last delivery; the connection stays up and serving goes on."""
+    handled: list[str] = []
+
+    async def handle(order: Order) -> Tagged | None:
+        handled.append(order.id)
+        return None if order.id.startswith("good") else Tagged(space.prefix, "t" * 5_000)
+
+    class Emitter(Service):
+        r = Route("*.in.*", handle)
+
+    tracer = TimeoutTracer()
+    options = space.options(max_deliver=2, dead_letter_subject=space.subject("dead"),
+                            error_tracer=tracer)
+    async with serving(Emitter(), js, **options) as task:
+        await publish_raw(js, space, "o1", b'{"id": "long"}')
+        await eventually(lambda: terminated, what="the term advisory")
+        last = await publish_raw(js, space, "o2", b'{"id": "good"}')
+        await settled(js, space, last)
+        assert not task.done()
+    assert handled == ["long", "long", "good"]
+    assert [(f.stage, type(f.error).__name__, f.decision.action) for f in tracer.failures] == [
+        ("post-process", "SubjectError", "nak"), ("post-process", "SubjectError", "term")]
+    [advisory] = terminated
+    assert "control-line limit of 4096" in advisory["reason"]
+    letter = await js.get_msg(space.stream, 2)
+    assert letter.subject == space.subject("dead")
+
+
+@settings(max_examples=40, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(length=st.integers(3_900, 4_200), note=st.integers(0, 60_000))
+async def test_subjects_near_the_limit(nc: Client, js: JetStreamContext, space: Space,
+                                       length: int, note: int) -> None:
+    """Property, against the real server: an event whose subject is near the control-line
+    limit (with payloads of every size class, so the size digits vary) is either stored or
+    refused with SubjectError; a subject up to MAX_SUBJECT is always stored; the connection
+    never closes."""
+    await js.add_stream(name=space.stream, subjects=[space.subject(">")])  # idempotent
+    event = Tagged(space.prefix, "t" * (length - len(space.subject("out", ""))))
+    before = (await js.stream_info(space.stream)).state.messages
+    try:
+        await event.publish(js, headers={"X-Note": "n" * note})  # JetStream: headers < 64 KiB
+    except amebus.SubjectError:
+        assert length > amebus.publish.MAX_SUBJECT
+        stored = 0
+    else:
+        stored = 1
+    assert nc.is_connected
+    assert (await js.stream_info(space.stream)).state.messages == before + stored
