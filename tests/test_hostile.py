@@ -451,3 +451,85 @@ async def test_subjects_near_the_limit(nc: Client, js: JetStreamContext, space: 
         stored = 1
     assert nc.is_connected
     assert (await js.stream_info(space.stream)).state.messages == before + stored
+
+
+# -- the dead-letter copy never carries the original's control headers -----------------------
+
+
+async def test_dead_letter_copy_renames_control_headers(
+        nc: Client, js: JetStreamContext, space: Space,
+        terminated: list[dict[str, Any]]) -> None:
+    """Originals with ``Nats-Expected-Stream`` (``js.publish(stream=)``), ``Nats-TTL`` and
+    ``Nats-Rollup`` that do not decode: each copy is stored in a dead-letter stream that
+    allows TTLs and rollups, with those headers renamed ``Amebus-Original-<Name>``; the
+    copies neither expire nor purge an earlier dead letter."""
+    from nats.js.api import StreamConfig
+
+    dead = space.subject("dead")
+    dlq = space.stream + "_DLQ"
+    for name, subjects in ((space.stream, [space.subject("in", ">")]), (dlq, [dead])):
+        await js.add_stream(StreamConfig(name=name, subjects=subjects, allow_rollup_hdrs=True,
+                                         allow_msg_ttl=True))
+    try:
+        earlier = await js.publish(dead, b"an earlier dead letter")
+        await js.publish(space.subject("in", "a"), b"not json", stream=space.stream)
+        await js.publish(space.subject("in", "b"), b"not json", headers={"Nats-TTL": "1s"})
+        await js.publish(space.subject("in", "c"), b"not json",
+                         headers={"Nats-Rollup": "sub", "X-Keep": "kept"})
+        recorder = Recorder()
+        async with serving(order_service(recorder, None), js, **space.options(
+                dead_letter_subject=dead, stream_subjects=None)) as task:
+            await eventually(lambda: len(terminated) == 3, what="three term advisories")
+            last = await publish_raw(js, space, "d", b'{"id": "good-dl"}')
+            await settled(js, space, last)
+            assert not task.done()
+        assert recorder.good == ["good-dl"]
+        state = (await js.stream_info(dlq)).state
+        assert state.messages == 4 and state.first_seq == earlier.seq  # nothing purged
+        copies = [await js.get_msg(dlq, seq) for seq in range(2, 5)]
+        by_subject = {(c.headers or {})["Amebus-Original-Subject"]: c.headers or {}
+                      for c in copies}
+        a, b, c = (by_subject[space.subject("in", t)] for t in "abc")
+        assert a["Amebus-Original-Nats-Expected-Stream"] == space.stream
+        assert b["Amebus-Original-Nats-TTL"] == "1s"
+        assert c["Amebus-Original-Nats-Rollup"] == "sub" and c["X-Keep"] == "kept"
+        for headers in (a, b, c):
+            assert not [k for k in headers if k.lower().startswith("nats-")], headers
+            assert headers["Amebus-Stage"] == "pre-process"
+    finally:
+        await js.delete_stream(dlq)
+
+
+async def test_multi_valued_header_keeps_its_last_value(
+        nc: Client, js: JetStreamContext, space: Space,
+        terminated: list[dict[str, Any]]) -> None:
+    """The documented limit: nats-py 2.16 hands amebus one value per header name (the last),
+    so the copy has ``X-Multi: b``; the original in its stream keeps both values (its
+    ``Amebus-Original-Sequence`` finds it)."""
+    import base64
+
+    dead = space.subject("dead")
+    await js.add_stream(name=space.stream, subjects=[space.subject(">")])
+    url = nc.connected_url
+    assert url is not None and url.hostname is not None and url.port is not None
+    block = b"NATS/1.0\r\nX-Multi: a\r\nX-Multi: b\r\n\r\n"
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        await reader.readline()  # INFO
+        writer.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n')
+        subject = space.subject("in", "multi").encode()
+        writer.write(b"HPUB %s %d %d\r\n%snot json\r\nPING\r\n" % (
+            subject, len(block), len(block) + 8, block))
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"PONG")
+    finally:
+        writer.close()
+    async with serving(order_service(Recorder(), None), js,
+                       **space.options(dead_letter_subject=dead)):
+        await eventually(lambda: terminated, what="the term advisory")
+    original, copy = await js.get_msg(space.stream, 1), await js.get_msg(space.stream, 2)
+    assert original.hdrs is not None
+    raw = base64.b64decode(original.hdrs)
+    assert b"X-Multi: a\r\nX-Multi: b\r\n" in raw
+    assert (copy.headers or {})["X-Multi"] == "b"
+    assert (copy.headers or {})["Amebus-Original-Sequence"] == "1"
