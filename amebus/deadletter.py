@@ -5,12 +5,17 @@ take when it cannot be stored; with the reply-subject and one-line helpers the c
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import attrs
+from nats.js.errors import APIError, NotFoundError
 
 from amebus._text import safe_text
+from amebus.errors import ConfigurationError
+from amebus.subjects import matches, validate_pattern
 from amebus.tracing import Decision, ErrorTracer, Failure
 
 if TYPE_CHECKING:
@@ -19,7 +24,79 @@ if TYPE_CHECKING:
 
     from amebus.consumer import Settings
 
-__all__ = ["dead_letter_headers", "one_line", "publish_dead_letter", "reply_meta"]
+__all__ = ["check_dead_letter_stream", "dead_letter_headers", "one_line", "publish_dead_letter",
+           "reply_meta"]
+
+log = logging.getLogger(__name__)
+
+
+async def check_dead_letter_stream(js: JetStreamContext, owner: str, subject: str | None, *,
+                                   consumed: str, routes: Sequence[str],
+                                   create: str | None) -> None:
+    """At serve(): make sure a stream captures the dead-letter ``subject`` (creating the stream
+    ``create`` with it when given and none does), and that the copies do not loop back into
+    the service: a copy stored in the ``consumed`` stream on a subject one of ``routes``
+    matches would be handled, fail, and be dead-lettered again.
+
+    Raises ConfigurationError with the fix.
+    """
+    if subject is None:
+        if create is not None:
+            msg = (f"{owner} sets dead_letter_stream {create!r} but no dead_letter_subject; "
+                   f"set dead_letter_subject = 'dead.orders' too, or drop dead_letter_stream")
+            raise ConfigurationError(msg)
+        return
+    try:
+        name: str | None = await js.find_stream_name_by_subject(subject)
+    except NotFoundError:
+        name = None
+    except Exception as exc:  # no permission for $JS.API.STREAM.NAMES, ...: cannot check
+        log.warning("%s: could not check which stream captures dead_letter_subject %r: %r",
+                    owner, subject, exc)
+        return
+    if name is None and create is None:
+        msg = (f"{owner}.dead_letter_subject is {subject!r}, but no stream captures it, so "
+               f"every dead-letter copy would fail and messages would be retried instead of "
+               f"dead-lettered; create one (nats stream add DEAD --subjects {subject!r}), or "
+               f"set dead_letter_stream = 'DEAD' to let amebus create it")
+        raise ConfigurationError(msg)
+    if name is None and create is not None:
+        await _create(js, owner, create, subject)
+        name = create
+    elif create is not None and name != create:
+        msg = (f"{owner}.dead_letter_subject {subject!r} is captured by stream {name!r}, not "
+               f"by dead_letter_stream {create!r}; drop dead_letter_stream, or move the "
+               f"subject to {create!r}")
+        raise ConfigurationError(msg)
+    looping = [r for r in routes if matches(validate_pattern(r), subject.split("."))]
+    if name == consumed and looping:
+        msg = (f"{owner}.dead_letter_subject {subject!r} is stored in the consumed stream "
+               f"{consumed!r} and matches the route pattern {looping[0]!r}: every copy would "
+               f"be handled again, fail and be dead-lettered again; use a subject no route "
+               f"matches, or a stream of its own (dead_letter_stream = 'DEAD')")
+        raise ConfigurationError(msg)
+
+
+async def _create(js: JetStreamContext, owner: str, stream: str, subject: str) -> None:
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        try:
+            await js.add_stream(name=stream, subjects=[subject])
+        except APIError as exc:
+            msg = (f"{owner}: could not create dead_letter_stream {stream!r} on {subject!r}: "
+                   f"{exc.description} (err_code {exc.err_code})")
+            raise ConfigurationError(msg) from exc
+        log.warning("%s: created dead-letter stream %s on %s", owner, stream, subject)
+        return
+    config = info.config
+    try:
+        await js.update_stream(config.evolve(subjects=[*(config.subjects or []), subject]))
+    except APIError as exc:
+        msg = (f"{owner}: could not add dead_letter_subject {subject!r} to stream {stream!r}: "
+               f"{exc.description} (err_code {exc.err_code})")
+        raise ConfigurationError(msg) from exc
+    log.warning("%s: added %s to dead-letter stream %s", owner, subject, stream)
 
 
 async def publish_dead_letter(js: JetStreamContext, subject: str, msg: Msg, failure: Failure,

@@ -533,3 +533,44 @@ async def test_multi_valued_header_keeps_its_last_value(
     assert b"X-Multi: a\r\nX-Multi: b\r\n" in raw
     assert (copy.headers or {})["X-Multi"] == "b"
     assert (copy.headers or {})["Amebus-Original-Sequence"] == "1"
+
+
+# -- a dead-letter subject must be stored, and must not loop ---------------------------------
+
+
+async def test_serve_refuses_a_dead_letter_subject_no_stream_captures(
+        js: JetStreamContext, space: Space, unique_name: Any) -> None:
+    nowhere = unique_name("nodlq").lower() + ".dead"
+    with pytest.raises(amebus.ConfigurationError, match="no stream captures it") as caught:
+        await order_service(Recorder(), None).serve(
+            js, **space.options(dead_letter_subject=nowhere))
+    assert repr(nowhere) in str(caught.value) and "dead_letter_stream" in str(caught.value)
+
+
+async def test_serve_refuses_a_dead_letter_subject_that_loops(js: JetStreamContext,
+                                                              space: Space) -> None:
+    """The copies would be stored in the consumed stream on a subject a route matches."""
+    looping = space.subject("in", "dead")  # the route is *.in.*
+    with pytest.raises(amebus.ConfigurationError, match=r"matches the route pattern '\*.in.\*'"):
+        await order_service(Recorder(), None).serve(
+            js, **space.options(dead_letter_subject=looping))
+
+
+async def test_dead_letter_stream_is_created_when_asked(
+        js: JetStreamContext, space: Space, terminated: list[dict[str, Any]],
+        unique_name: Any) -> None:
+    dead, dlq = unique_name("dl").lower() + ".orders", space.stream + "_DLQ"
+    recorder = Recorder()
+    try:
+        async with serving(order_service(recorder, None), js, **space.options(
+                dead_letter_subject=dead, dead_letter_stream=dlq)):
+            await publish_raw(js, space, "x", b"not json")
+            await eventually(lambda: terminated, what="the term advisory")
+        copy = await js.get_msg(dlq, 1)
+        assert copy.subject == dead and copy.data == b"not json"
+        assert (await js.stream_info(dlq)).config.subjects == [dead]
+        with pytest.raises(amebus.ConfigurationError, match="not by dead_letter_stream"):
+            await order_service(recorder, None).serve(js, **space.options(
+                dead_letter_subject=dead, dead_letter_stream=dlq + "_OTHER"))
+    finally:
+        await js.delete_stream(dlq)
