@@ -87,6 +87,11 @@ def _check_size(nc: NATS, subject: str, payload: bytes, hdrs: Mapping[str, str])
     header = 12 + sum(len(k.strip().encode()) + len(v.strip().encode()) + 4
                       for k, v in hdrs.items())
     size = len(payload) + header
+    if size > limit:
+        msg = (f"the event for {subject!r} is {size} bytes with its headers ({len(payload)} "
+               f"of payload), over the server's max_payload of {limit} bytes; nothing was "
+               f"sent: make the event smaller or raise max_payload in the server config")
+        raise PublishError(msg, subject=subject)
     # The reply subject nats-py uses: its request inbox (new_inbox() and a 22-character
     # token, nats-py 2.16) for Event.publish, the batch's inbox and an index for publish_many.
     reply = len(nc.new_inbox()) + 23
@@ -98,11 +103,6 @@ def _check_size(nc: NATS, subject: str, payload: bytes, hdrs: Mapping[str, str])
                f"max_control_line; it closes the connection on a longer one); nothing was "
                f"sent: keep subjects under {MAX_SUBJECT} bytes (hash or shorten long tokens)")
         raise SubjectError(msg)
-    if size > limit:
-        msg = (f"the event for {subject!r} is {size} bytes with its headers ({len(payload)} "
-               f"of payload), over the server's max_payload of {limit} bytes; nothing was "
-               f"sent: make the event smaller or raise max_payload in the server config")
-        raise PublishError(msg, subject=subject)
 
 
 def _cut(subject: str) -> str:
