@@ -574,3 +574,33 @@ async def test_dead_letter_stream_is_created_when_asked(
                 dead_letter_subject=dead, dead_letter_stream=dlq + "_OTHER"))
     finally:
         await js.delete_stream(dlq)
+
+
+async def test_a_handler_swallowing_every_cancellation_is_redelivered(
+        js: JetStreamContext, space: Space) -> None:
+    """It cannot be stopped from outside, but it gets no in-progress signal past its timeout,
+    so the server redelivers the message after ack_wait to a free worker."""
+    redelivered = asyncio.Event()
+    cancels: list[int] = []
+
+    async def handle(msg: Msg) -> None:
+        if msg.metadata.num_delivered > 1:
+            redelivered.set()
+            return
+        while not redelivered.is_set():
+            try:
+                await redelivered.wait()
+            except asyncio.CancelledError:
+                cancels.append(1)  # swallowed, every time
+
+    class Stubborn(Service):
+        r = Route("*.in.*", handle)
+
+    options = space.options(timeout=0.2, ack_wait=1.0, concurrency=2,
+                            error_tracer=TimeoutTracer())
+    async with serving(Stubborn(), js, **options) as task:
+        last = await publish_raw(js, space, "x", b"{}")
+        await asyncio.wait_for(redelivered.wait(), 10)
+        await settled(js, space, last)
+        assert not task.done()
+    assert len(cancels) >= 2  # the watchdog kept cancelling
