@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any, TypeVar
@@ -48,7 +49,10 @@ def _int(value: Any, cls: type[Any]) -> Any:
 def _float(value: Any, cls: type[Any]) -> Any:
     if value.__class__ is not float and value.__class__ is not int:
         raise _wrong("number", value)
-    return cls(value)
+    try:
+        return cls(value)
+    except OverflowError:  # an int past the float range (10**400)
+        raise _wrong("number within the float range", value) from None
 
 
 def _bool(value: Any, _: type[Any]) -> bool:
@@ -110,7 +114,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(msg)
 
 
-_loads: Callable[[str], Any] = json.JSONDecoder(parse_constant=_reject_constant).decode
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400 parses to inf: refused like Infinity
+        msg = f"{text} is out of the float range (Infinity is not JSON)"
+        raise ValueError(msg)
+    return value
+
+
+_loads: Callable[[str], Any] = json.JSONDecoder(parse_constant=_reject_constant,
+                                                parse_float=_finite_float).decode
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
+from amebus import _checks
 from amebus.deadletter import one_line, publish_dead_letter, reply_meta
 from amebus.errors import DecodeError, Nak, NoRouteError, Term
 from amebus.settlement import (
@@ -61,13 +62,15 @@ class AttemptsExhaustedError(RuntimeError):
 class Settings:
     """How messages are run and settled (the ``Service`` class attributes of the same names)."""
 
-    concurrency: int = attrs.field(default=1, validator=attrs.validators.ge(1))
-    ack_wait: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
-    max_deliver: int = attrs.field(default=5)
-    backoff: tuple[float, ...] = attrs.field(default=(1.0, 5.0, 30.0, 120.0), converter=tuple)
-    timeout: float | None = 300.0
-    dead_letter_subject: str | None = None
-    shutdown_timeout: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    concurrency: int = attrs.field(default=1, validator=_checks.integer(minimum=1))
+    ack_wait: float = attrs.field(default=30.0, validator=_checks.seconds(strict=True))
+    max_deliver: int = attrs.field(default=5, validator=_checks.integer(
+        minimum=-1, extra=" (0 or -1: unlimited)"))
+    backoff: tuple[float, ...] = attrs.field(default=(1.0, 5.0, 30.0, 120.0),
+                                             converter=_checks.delays)
+    timeout: float | None = attrs.field(default=300.0, validator=_checks.optional_seconds)
+    dead_letter_subject: str | None = attrs.field(default=None, validator=_checks.subject)
+    shutdown_timeout: float = attrs.field(default=10.0, validator=_checks.seconds())
     server_max_deliver: int | None = attrs.field(default=None)
     """The server's max_deliver, a crash backstop above ``max_deliver`` (None: the default of
     :func:`amebus.settlement.server_max_deliver`)."""
@@ -142,6 +145,15 @@ class _Slot:
     deadline: float = 0.0
     progress_at: float = 0.0
     timed_out: bool = False
+    cancels: int = 0
+    """Cancellations the watchdog sent the current handler (one per tick past its deadline)."""
+
+    def forgive(self, task: asyncio.Task[Any] | None) -> None:
+        """Withdraw the watchdog's cancellations of this handler from ``task``'s count."""
+        if task is not None:
+            for _ in range(self.cancels):
+                task.uncancel()
+        self.cancels, self.timed_out = 0, False
 
 
 _NEVER = float("inf")
@@ -268,8 +280,7 @@ class JetStreamConsumer:
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if slot.timed_out and not self.stopping and task is not None:
-                    task.uncancel()  # a timeout that fired just after its handler finished
-                    slot.timed_out = False
+                    slot.forgive(task)  # a timeout that fired just after its handler finished
                     continue
                 raise
 
@@ -298,11 +309,14 @@ class JetStreamConsumer:
         start = time.monotonic()
         timeout = handler.timeout if handler.timeout is not None else self.settings.timeout
         slot.deadline = start + timeout if timeout is not None else _NEVER
+        slot.timed_out, slot.cancels = False, 0
         slot.started, slot.msg = start, msg  # the watchdog watches it from here
         stage: Stage = "business"
         try:
             try:
                 result = await handler.run(msg)
+                if slot.timed_out:  # it swallowed the watchdog's cancellation: still a timeout
+                    raise asyncio.CancelledError
             finally:
                 slot.deadline = _NEVER  # only the handler itself is timed
                 stats = handler.stats
@@ -325,9 +339,7 @@ class JetStreamConsumer:
                 await self.give_back(msg, handler, run, started=True)
                 raise
             else:
-                if task is not None:
-                    task.uncancel()
-                slot.timed_out = False
+                slot.forgive(task)
                 error = HandlerTimeoutError(f"handler {handler.name} ran past its {timeout}s "
                                             f"timeout and was cancelled")
                 decision = await self._failed(msg, handler, stage, error, run)
@@ -336,8 +348,11 @@ class JetStreamConsumer:
             if limits.last_attempt(run.attempt) or limits.last_delivery(run.deliveries):
                 decision = await self._failed(msg, handler, stage, nak, run, "nak")
             else:
-                decision = decide("nak", attempt=run.attempt, deliveries=run.deliveries,
-                                  limits=limits, delay=nak.delay)
+                try:  # Nak checks its delay; one changed after raising is a handler failure
+                    decision = decide("nak", attempt=run.attempt, deliveries=run.deliveries,
+                                      limits=limits, delay=nak.delay)
+                except (TypeError, ValueError) as bad:
+                    decision = await self._failed(msg, handler, stage, bad, run)
         except Term as term:
             decision = decide("term", attempt=run.attempt, deliveries=run.deliveries,
                               limits=self.limits, error=term.reason)
@@ -498,8 +513,12 @@ class JetStreamConsumer:
                 msg = slot.msg
                 if msg is None:
                     continue
-                if now >= slot.deadline and not slot.timed_out and slot.task is not None:
+                if now >= slot.deadline and slot.task is not None:
+                    # Past the deadline: cancel, and again at every tick while the handler
+                    # runs on (one that catches CancelledError once must not escape its
+                    # timeout); no in-progress signal for it any more.
                     slot.timed_out = True
+                    slot.cancels += 1
                     slot.task.cancel()
                 elif now - max(slot.progress_at, slot.started) >= progress_every and msg.reply:
                     slot.progress_at = now

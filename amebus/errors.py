@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from nats.js.api import PubAck
 
 __all__ = [
+    "MAX_DELAY",
     "AmebusError",
     "BatchPublishError",
     "ConfigurationError",
@@ -34,6 +35,7 @@ __all__ = [
     "PublishError",
     "SubjectError",
     "Term",
+    "check_delay",
 ]
 
 
@@ -104,16 +106,35 @@ class BatchPublishError(PublishError):
         self.failures = dict(failures)
 
 
+MAX_DELAY = 9_223_372_036.0
+"""The longest nak delay in seconds (about 292 years): the server reads a nak's delay as
+int64 nanoseconds, and a longer one would overflow it and redeliver at once."""
+
+
+def check_delay(delay: object) -> float:
+    """``delay`` as float seconds if it is a valid nak delay (a finite number from 0 to
+    ``MAX_DELAY``), else TypeError or ValueError saying what to give."""
+    fix = f"give seconds from 0 to {MAX_DELAY:.0f} as a number, like 5.0"
+    if isinstance(delay, bool) or not isinstance(delay, int | float):
+        msg = f"the nak delay is {delay!r} ({type(delay).__name__}); {fix}"
+        raise TypeError(msg)
+    if not 0 <= delay <= MAX_DELAY:  # NaN fails both comparisons
+        msg = f"the nak delay is {delay!r}; {fix}"
+        raise ValueError(msg)
+    return float(delay)
+
+
 class Nak(Exception):
     """Raised by a handler to ask the server to redeliver the message after ``delay`` seconds.
 
     ``delay=None`` uses the service's retry backoff for this delivery; ``delay=0`` redelivers
-    at once.
+    at once. A delay that is not a finite number from 0 to ``MAX_DELAY`` raises TypeError or
+    ValueError here, where the handler raises it (and so fails as an ordinary exception).
     """
 
     def __init__(self, delay: float | None = None) -> None:
         super().__init__(delay)
-        self.delay = delay
+        self.delay = None if delay is None else check_delay(delay)
 
     def __str__(self) -> str:
         after = "the retry backoff" if self.delay is None else f"{self.delay:g}s"

@@ -20,10 +20,20 @@ from amebus.codec import default_codec
 from amebus.errors import BatchPublishError, NoStreamError, PublishError, SubjectError
 from amebus.events import EVENT_TYPE_HEADER, Event, _spec_of, subject_of
 
-__all__ = ["DEFAULT_TIMEOUT", "publish_many"]
+__all__ = ["DEFAULT_TIMEOUT", "MAX_CONTROL_LINE", "MAX_SUBJECT", "publish_many"]
 
 DEFAULT_TIMEOUT = 5.0
 """Seconds ``publish_many`` waits for acks when no timeout is given (nats-py's default)."""
+
+MAX_CONTROL_LINE = 4096
+"""Bytes of a publish's control line (``HPUB <subject> <reply> <sizes>``) nats-server accepts
+by default (``max_control_line``); measured on 2.15.1: a longer line is answered with
+``-ERR 'Maximum Control Line Exceeded'`` and the connection is closed (the server checks it
+only when the line spans reads, so some longer lines pass: never rely on it)."""
+
+MAX_SUBJECT = 3_968
+"""The longest subject amebus publishes: ``MAX_CONTROL_LINE`` less room for nats-py's reply
+inbox and the sizes (a default inbox prefix; a longer ``inbox_prefix`` leaves less)."""
 
 _WINDOW = 4096  # publish_many: most acks outstanding at once (nats-py's publish_async: 4000)
 _NO_RESPONDERS = "503"
@@ -71,15 +81,34 @@ async def _publish_one(js: JetStreamContext, subject: str, payload: bytes,
 
 def _check_size(nc: NATS, subject: str, payload: bytes, hdrs: Mapping[str, str]) -> None:
     """Refuse what the server would refuse: it counts headers too, and answers an oversized
-    message with -ERR, on which nats-py closes the connection for good."""
+    message, or a control line over its limit, with -ERR, on which nats-py closes the
+    connection for good."""
     limit = nc.max_payload
-    size = len(payload) + 12 + sum(len(k.strip().encode()) + len(v.strip().encode()) + 4
-                                   for k, v in hdrs.items())
+    header = 12 + sum(len(k.strip().encode()) + len(v.strip().encode()) + 4
+                      for k, v in hdrs.items())
+    size = len(payload) + header
     if size > limit:
         msg = (f"the event for {subject!r} is {size} bytes with its headers ({len(payload)} "
                f"of payload), over the server's max_payload of {limit} bytes; nothing was "
                f"sent: make the event smaller or raise max_payload in the server config")
         raise PublishError(msg, subject=subject)
+    # The reply subject nats-py uses: its request inbox (new_inbox() and a 22-character
+    # token, nats-py 2.16) for Event.publish, the batch's inbox and an index for publish_many.
+    reply = len(nc.new_inbox()) + 23
+    line = len(b"HPUB   ") + len(subject.encode()) + reply + len(str(header)) + len(str(size))
+    if line > MAX_CONTROL_LINE:
+        msg = (f"the subject {_cut(subject)} is {len(subject.encode())} bytes: with the reply "
+               f"subject and the sizes its publish line would be {line} bytes, over the "
+               f"server's control-line limit of {MAX_CONTROL_LINE} (its default "
+               f"max_control_line; it closes the connection on a longer one); nothing was "
+               f"sent: keep subjects under {MAX_SUBJECT} bytes (hash or shorten long tokens)")
+        raise SubjectError(msg)
+
+
+def _cut(subject: str) -> str:
+    if len(subject) <= 80:
+        return repr(subject)
+    return f"{subject[:60]!r}..."
 
 
 def _no_stream(subject: str) -> NoStreamError:

@@ -49,8 +49,10 @@ class Route:
         self.is_method = False
         self.timeout = timeout
         self._attr: str | None = None
-        if timeout is not None and not timeout > 0:
-            msg = f"Route({pattern!r}) timeout={timeout!r}: give a number of seconds above 0"
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(
+                timeout, int | float) or not 0 < timeout < float("inf")):
+            msg = (f"Route({pattern!r}) timeout={timeout!r}: give a number of seconds above 0 "
+                   f"(finite, like 5.0), or None for the service's timeout")
             raise ConfigurationError(msg)
         if handler is not None:
             self.handler = check_handler(handler, f"Route({pattern!r})")

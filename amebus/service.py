@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
+from amebus._checks import check_options
 from amebus.codec import Codec, default_codec
 from amebus.consumer import Handler, JetStreamConsumer, RouteStats, Settings
+from amebus.deadletter import check_dead_letter_stream
 from amebus.errors import ConfigurationError, DecodeError, NoRouteError
 from amebus.events import EVENT_TYPE_HEADER
 from amebus.matcher import Matcher
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 
 _SETTINGS = tuple(f.name for f in attrs.fields(Settings))
 _SERVE_OPTIONS = ("stream", "durable", "stream_subjects", "max_ack_pending", "batch",
-                  "server_filter", "new_routes", *_SETTINGS)
+                  "server_filter", "new_routes", *_SETTINGS, "dead_letter_stream")
 
 
 @attrs.define
@@ -153,7 +155,10 @@ class Service(metaclass=ServiceMeta):
         concurrency: handlers run at once (1).
         timeout: seconds a handler may run before it is cancelled and retried (300; None:
             no limit). ``Route(..., timeout=)`` overrides it per route.
-        dead_letter_subject: where a copy of each termed failing message is published.
+        dead_letter_subject: where a copy of each termed failing message is published; serve
+            checks that a stream captures it and that the copies do not loop back into a route.
+        dead_letter_stream: if set, the stream created (or extended) with
+            ``dead_letter_subject`` when no stream captures it.
         shutdown_timeout: seconds running handlers get to finish when serving stops (10).
         batch: the most messages held by the pull engine (512).
         server_filter: ``"routes"``: the consumer filters on ``filter_subjects``, so unrouted
@@ -179,6 +184,7 @@ class Service(metaclass=ServiceMeta):
     concurrency: ClassVar[int] = 1
     timeout: ClassVar[float | None] = 300.0
     dead_letter_subject: ClassVar[str | None] = None
+    dead_letter_stream: ClassVar[str | None] = None
     shutdown_timeout: ClassVar[float] = 10.0
     server_max_deliver: ClassVar[int | None] = None
     batch: ClassVar[int] = 512
@@ -274,6 +280,9 @@ class Service(metaclass=ServiceMeta):
         stream, durable, filtered, config, (added, upto) = await bind_consumer(
             nc.jetstream(), cls, option)
         settings = _effective(cls, settings, config)
+        await check_dead_letter_stream(nc.jetstream(), cls.__name__, settings.dead_letter_subject,
+                                       consumed=stream, routes=cls.filter_subjects,
+                                       create=option["dead_letter_stream"])
         tracer = overrides.get("error_tracer", cls.error_tracer)
         consumer = JetStreamConsumer(self, nc, tracer, settings=settings)
         consumer.skip_unrouted = not filtered
@@ -426,6 +435,9 @@ def _settings(cls: type[Service], overrides: Mapping[str, Any]) -> Settings:
         raise ConfigurationError(msg)
     values = {name: overrides.get(name, getattr(cls, name)) for name in _SETTINGS}
     try:
+        check_options({name: overrides.get(name, getattr(cls, name))
+                       for name in (*_SERVE_OPTIONS, "error_tracer", "converter")
+                       if name not in values})
         return Settings(**values)
     except (TypeError, ValueError) as exc:
         msg = f"{cls.__name__}: invalid configuration: {exc}"

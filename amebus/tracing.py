@@ -11,6 +11,9 @@ from typing import Literal, Protocol
 
 import attrs
 
+from amebus._text import safe_text
+from amebus.errors import check_delay
+
 __all__ = ["Decision", "ErrorTracer", "Failure", "LoggingTracer", "Stage"]
 
 Stage = Literal["pre-process", "business", "post-process", "gave-up"]
@@ -26,7 +29,9 @@ class Decision:
     """How a message is settled: ``ack``, ``nak`` after ``delay`` seconds, or ``term``."""
 
     action: Action
-    delay: float = 0.0
+    delay: float = attrs.field(default=0.0, converter=check_delay)
+    """Seconds before a nak's redelivery: a finite number from 0 to ``amebus.errors.MAX_DELAY``
+    (else TypeError or ValueError)."""
     reason: str = ""
     dead_letter: bool = False
     """With ``term``: publish a copy to the service's ``dead_letter_subject`` first."""
@@ -90,7 +95,9 @@ class LoggingTracer:
 
     Retryable failures are logged at WARNING, final ones (term) at ERROR; the traceback is
     logged for handler and post-process failures only (a payload that does not decode, or a
-    subject without a route, is explained by its message alone).
+    subject without a route, is explained by its message alone). The subject and the error
+    are logged as safe text (control characters and lone surrogates escaped, length bounded),
+    so a hostile message cannot forge log lines or break the log handler.
     """
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
@@ -103,9 +110,10 @@ class LoggingTracer:
         if self.logger.isEnabledFor(level):
             self.logger.log(
                 level,
-                "%s failure on %r (route %s, stream seq %d, delivery %d): %s: %s -> %s%s",
-                failure.stage, failure.subject, failure.route, failure.stream_seq,
-                failure.deliveries, type(failure.error).__name__, failure.error, d.action,
+                "%s failure on %s (route %s, stream seq %d, delivery %d): %s -> %s%s",
+                failure.stage, safe_text(repr(failure.subject), 1000),
+                safe_text(failure.route, 200), failure.stream_seq, failure.deliveries,
+                safe_text(failure.error, 1000), d.action,
                 f" {d.delay:g}s" if d.action == "nak" else "",
                 exc_info=failure.error if d.action == "term" and failure.retryable else None,
             )

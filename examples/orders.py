@@ -163,6 +163,7 @@ class OrderService(Service):
     max_deliver = 3
     backoff = (0.2,)  # seconds before each retry (the last value repeats); short for the demo
     dead_letter_subject = "dead.orders"
+    dead_letter_stream = "DEAD_ORDERS"  # created with dead.orders if no stream captures it
 
     # Basic routes
     invoice = Route("invoice", InvoiceProcessor())
@@ -230,7 +231,6 @@ async def main() -> None:
     async with NatsServer() as server:
         nc = await nats.connect(server.url, max_reconnect_attempts=-1)
         js = nc.jetstream()
-        await js.add_stream(name="DEAD_ORDERS", subjects=["dead.orders"])  # the dead letters
 
         print("routes, by precedence:")
         for route in OrderService.routes:

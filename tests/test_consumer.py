@@ -597,17 +597,19 @@ class TestFailureOnLastDelivery:
     async def test_dead_letter_publish_failure_keeps_the_message(
             self, js: JetStreamContext, space: Space, terminated: list[dict[str, Any]],
             unique_name: Callable[..., str]) -> None:
-        """No stream captures the dead-letter subject: the last attempt is nak'ed instead of
-        termed without its copy; each redelivery retries the copy without running the handler
-        again, and only on the server's last delivery is it termed with both reasons. Every
-        step is traced."""
+        """The dead-letter stream is gone once serving (serve() checks it exists): the last
+        attempt is nak'ed instead of termed without its copy; each redelivery retries the copy
+        without running the handler again, and only on the server's last delivery is it
+        termed with both reasons. Every step is traced."""
         tracer = RecordingTracer()
         probe = Probe(raising(RuntimeError("boom")))
         service = probe_service(space.subject(">"), probe)
         nowhere = unique_name("nodlq").lower() + ".dead"
         options = space.options(max_deliver=2, server_max_deliver=4,
-                                dead_letter_subject=nowhere, error_tracer=tracer)
+                                dead_letter_subject=nowhere, error_tracer=tracer,
+                                dead_letter_stream=space.stream + "_DLQ")
         async with serving(service, js, **options):
+            await js.delete_stream(space.stream + "_DLQ")
             await js.publish(space.subject("in"), b"x")
             await eventually(lambda: terminated, what="the term advisory")
         assert [c.delivered for c in probe.calls] == [1, 2]  # the handler ran twice only

@@ -115,3 +115,32 @@ _token_chars = st.characters(codec="utf-8") | st.sampled_from(
     [".", " ", "\t", "\r", "\n", "\f", "\v", "\x00", "*", ">", "\x85", "\u2028", "$", ":"])
 tokens = st.text(_token_chars, max_size=8)
 """Event field values meant to become subject tokens, special characters favoured."""
+
+
+# -- hostile text (issue 11) ------------------------------------------------------------------
+
+_hostile_chars = st.characters(categories=("Cs", "Cc", "Cf", "Zl", "Zp", "Zs", "Co", "Cn")) | \
+    st.sampled_from(["\ud800", "\udfff", "\x00", "\x1b", "\r", "\n", "\v", "\x85", "\u202e",
+                     "\ufeff", "%", "{", "\\"]) | st.characters()
+_hostile_parts = st.text(_hostile_chars, max_size=40) | st.sampled_from(
+    ["\x1b[2J", "\r\n2026-01-01 CRITICAL forged", "%s%(x)s{}", "\ud800\udc00\udbff"])
+hostile_text = st.builds(lambda parts: "".join(parts), st.lists(_hostile_parts, max_size=4)) | \
+    st.builds(lambda part, n: part * n, st.text(_hostile_chars, min_size=1, max_size=4),
+              st.integers(100, 2_000))
+"""Text a JSON payload can carry into a handler's reason or exception: lone surrogates,
+control and format characters, line breaks, %-formats, sometimes thousands of characters."""
+
+failure_kinds = st.sampled_from(["term", "raise", "str-raises", "str-not-str", "evil-name",
+                                 "emit"])
+"""How a hostile order fails: ``raise Term(f"... {note}")``, an exception carrying the note,
+one whose ``__str__`` raises or returns a non-str, one whose class name holds the note, or a
+result event whose subject token is the note's length near the control-line limit."""
+
+subject_lengths = st.integers(3_900, 4_200)
+"""Subject lengths around nats-server's 4096-byte control-line limit."""
+
+
+def hostile_order(kind: str, note: str, length: int) -> bytes:
+    """The JSON of a valid order carrying ``note`` (surrogates as \\u escapes)."""
+    return json.dumps({"id": f"{kind}:{length}", "amount": 1, "note": note},
+                      ensure_ascii=True).encode()
