@@ -131,7 +131,7 @@ async def test_hostile_exception_on_the_last_delivery(
     expected = safe_text(error)
     assert "\r" not in expected and "\n" not in expected and "\ud800" not in expected
     [advisory] = terminated
-    assert advisory["reason"] == f"failed on delivery 1 of 1: {expected}"
+    assert advisory["reason"] == f"failed on attempt 1 of 1: {expected}"
     letter = await js.get_msg(space.stream, 2)
     assert letter.subject == dead
     assert (letter.headers or {})["Amebus-Error"] == expected

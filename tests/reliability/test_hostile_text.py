@@ -206,7 +206,7 @@ async def test_hostile_text_is_settled_safely(env: Env,
         if kind == "term":
             assert reason.startswith("refused") and not failures
             continue
-        assert reason.startswith("failed on delivery 2 of 2: "), reason
+        assert reason.startswith("failed on attempt 2 of 2: "), reason
         assert [f.decision.action for f in failures] == ["nak", "term"], failures
         if kind == "emit":
             assert "control-line limit" in reason and length > MAX_SUBJECT
