@@ -180,11 +180,53 @@ async def _embedded_server(store: str | None) -> NatsServer:
     return server
 
 
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        msg = f"--metrics {text!r} is not HOST:PORT (like 127.0.0.1:9464; port 0: any free one)"
+        raise CommandError(msg, USAGE)
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def _telemetry(service: Service, overrides: dict[str, Any],
+                     args: argparse.Namespace) -> asyncio.Server | None:
+    """Add the observers the options ask for; start the health server; return it."""
+    from amebus.telemetry import Observer, Observers
+
+    observers: list[Observer] = []
+    own = type(service).observer
+    if own is not None:
+        observers.append(own)
+    server = None
+    if args.metrics:
+        host, port = _address(args.metrics)
+        try:
+            from amebus.telemetry.health import Health
+            from amebus.telemetry.metrics import Metrics
+        except ImportError as exc:
+            msg = f"--metrics needs prometheus-client: pip install 'amebus[prometheus]' ({exc})"
+            raise CommandError(msg) from None
+        metrics = Metrics()
+        health = Health(metrics)
+        observers += [metrics, health]
+        try:
+            server = await health.serve_http(host, port)
+        except OSError as exc:
+            msg = f"--metrics {args.metrics!r}: cannot listen there: {exc}"
+            raise CommandError(msg) from None
+        bound = server.sockets[0].getsockname()
+        say(f"metrics and health on http://{bound[0]}:{bound[1]} (/metrics, /healthz, /readyz)")
+    if len(observers) > (own is not None):
+        overrides["observer"] = Observers(*observers)
+    return server
+
+
 async def _serve(service: Service, nc: Client, url: str, overrides: dict[str, Any],
                  args: argparse.Namespace, console: Console | None, stopper: _Stopper) -> int:
     cls = type(service)
     js = nc.jetstream()
     ready = asyncio.Event()
+    http = await _telemetry(service, overrides, args)
     task = stopper.task = asyncio.create_task(service.serve(js, ready=ready, **overrides),
                                               name="amebus-serve")
     stream = overrides.get("stream") or cls.stream or ""
@@ -204,6 +246,8 @@ async def _serve(service: Service, nc: Client, url: str, overrides: dict[str, An
             status.cancel()
         if console is not None:
             console.end()
+        if http is not None:
+            http.close()
     exc = None if task.cancelled() else task.exception()
     if exc is not None:
         if isinstance(exc, AmebusError | ConnectionError):  # ConnectionError: closed for good

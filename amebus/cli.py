@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--status-interval", type=float, default=10.0, metavar="SECONDS",
                      help="seconds between status log lines when not on a terminal "
                      "(10; 0: none)")
+    run.add_argument("--metrics", metavar="HOST:PORT",
+                     help="serve /metrics, /healthz and /readyz over HTTP there "
+                     "(needs amebus[prometheus]; port 0: any free one)")
     run.add_argument("--log-level", default="INFO",
                      choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
 

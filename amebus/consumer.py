@@ -20,12 +20,15 @@ import attrs
 
 from amebus.deadletter import one_line, publish_dead_letter, reply_meta
 from amebus.errors import DecodeError, Nak, NoRouteError, Term
+from amebus.telemetry.logs import log_settlement
 from amebus.tracing import Decision, ErrorTracer, Failure, LoggingTracer, Stage
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
+
+    from amebus.telemetry.observer import Observer
 
 __all__ = ["HandlerTimeoutError", "JetStreamConsumer", "Processor", "RouteStats", "Settings"]
 
@@ -140,6 +143,8 @@ class JetStreamConsumer:
         self.skip_unrouted = False
         """Ack (not term) messages no route handles: set when the consumer is unfiltered."""
         self.on_tick: Callable[[float], Awaitable[None]] | None = None
+        self.observer: Observer | None = None
+        """Told where each delivery starts, ends and is settled (None: nothing is called)."""
 
     # -- running --------------------------------------------------------------------------
 
@@ -231,6 +236,9 @@ class JetStreamConsumer:
         timeout = handler.timeout if handler.timeout is not None else self.settings.timeout
         slot.deadline = start + timeout if timeout is not None else _NEVER
         slot.started, slot.msg = start, msg  # the watchdog watches it from here
+        observer = self.observer
+        if observer is not None:
+            observer.delivery_started(msg, handler)
         stage: Stage = "business"
         try:
             try:
@@ -239,7 +247,10 @@ class JetStreamConsumer:
                 slot.deadline = _NEVER  # only the handler itself is timed
                 stats = handler.stats
                 stats.handled += 1
-                stats.handler_seconds += time.monotonic() - start
+                elapsed = time.monotonic() - start
+                stats.handler_seconds += elapsed
+                if observer is not None:
+                    observer.handler_finished(msg, handler, elapsed)
             if result is not None:
                 stage = "post-process"
                 events = _events_of(result)
@@ -316,6 +327,8 @@ class JetStreamConsumer:
                           stream_seq=seq, deliveries=deliveries,
                           route=handler.name if handler is not None else None,
                           retryable=retryable, decision=decision)
+        if self.observer is not None:
+            self.observer.failed(failure)
         try:
             chosen = self.tracer.trace(failure)
         except Exception:
@@ -335,8 +348,12 @@ class JetStreamConsumer:
 
     async def settle(self, msg: Msg, decision: Decision, handler: Handler | None = None) -> None:
         """Send ``decision`` for ``msg`` (once: skipped if the handler settled it itself)."""
+        if self.observer is not None:
+            self.observer.settled(msg, decision, handler)
         if not msg.reply or msg.is_acked:  # not JetStream, or the handler settled it itself
             return
+        if decision.action != "ack" or log.isEnabledFor(logging.DEBUG):
+            log_settlement(log, msg, decision, handler, returned=self.stopping)
         stats = handler.stats if handler is not None else None
         if decision.action == "ack":
             payload = b"+ACK"
