@@ -216,6 +216,10 @@ async def _telemetry(service: Service, overrides: dict[str, Any],
             raise CommandError(msg) from None
         bound = server.sockets[0].getsockname()
         say(f"metrics and health on http://{bound[0]}:{bound[1]} (/metrics, /healthz, /readyz)")
+    if not args.no_discovery:
+        from amebus.telemetry.discovery import Discovery
+
+        observers.append(Discovery())
     if len(observers) > (own is not None):
         overrides["observer"] = Observers(*observers)
     return server

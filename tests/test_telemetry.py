@@ -149,3 +149,77 @@ async def test_the_asgi_app_mounted_below_a_root_path(nc: Client, space: Space) 
         assert b"amebus_in_flight" in (await call("/metrics"))[1]
         assert (await call("/nope"))[0] == 404
     assert (await call("/readyz"))[0] == 503  # stopped
+
+
+async def test_discovery_across_two_processes_and_amebus_status(
+        nats_server_fresh: NatsServer, client: Client, start: Callable[..., Running],
+        out: Path) -> None:
+    url = nats_server_fresh.url
+    runs = [start("tests.cli_services:Flaky", "--server", url, "--metrics", "127.0.0.1:0")
+            for _ in range(2)]
+    bases = []
+    for run in runs:
+        text = await run.wait_for("serving")
+        match = re.search(r"metrics and health on (http://127\.0\.0\.1:\d+)", text)
+        assert match, text
+        bases.append(match.group(1))
+    from amebus._cli_status import gather
+
+    pings = await gather(client, "$SRV.PING.Flaky", 0.5)
+    assert len(pings) == 2 and len({p["id"] for p in pings}) == 2
+    assert {p["type"] for p in pings} == {"io.nats.micro.v1.ping_response"}
+    infos = await gather(client, "$SRV.INFO", 0.5)
+    assert {e["metadata"]["pattern"] for e in infos[0]["endpoints"]} == {
+        "flaky.ok", "flaky.retry", "flaky.bad"}
+    assert infos[0]["endpoints"][0]["metadata"]["stream"] == "FLAKY"
+    js = client.jetstream()
+    for _ in range(20):
+        await js.publish("flaky.ok", b"")
+    for _ in range(3):
+        await js.publish("flaky.retry", b"")
+    await js.publish("flaky.bad", b"")
+    await wait_handled(out, 23)
+
+    def totals(replies: list[dict[str, object]]) -> dict[str, int]:
+        sums = {"handled": 0, "acked": 0, "naked": 0, "termed": 0}
+        for reply in replies:
+            for e in reply["endpoints"]:  # type: ignore[attr-defined]
+                sums["handled"] += e["num_requests"]
+                for key in ("acked", "naked", "termed"):
+                    sums[key] += e["data"][key]
+        return sums
+
+    expected = {"handled": 27, "acked": 23, "naked": 3, "termed": 1}  # 20 + 3*2 + 1 runs
+    for _ in range(50):
+        stats = await gather(client, "$SRV.STATS.Flaky", 0.3)
+        if len(stats) == 2 and totals(stats) == expected:
+            break
+    assert totals(stats) == expected
+    # each instance's STATS equals its own Prometheus counters
+    outcomes = ("acked", "naked", "termed")
+    from_stats = sorted(tuple(sorted((e["name"], *(e["data"][o] for o in outcomes))
+                                     for e in s["endpoints"])) for s in stats)
+    from_metrics = []
+    for base in bases:
+        scrape = samples((await get(base + "/metrics"))[1])
+        from_metrics.append(tuple(sorted(
+            (route, *(int(value(scrape, "amebus_messages_total", service="Flaky", route=route,
+                                outcome=o) or 0) for o in outcomes))
+            for route in ("ok", "retry", "bad"))))
+    assert sorted(from_metrics) == from_stats
+    retry = [e for s in stats for e in s["endpoints"] if e["name"] == "retry"]
+    assert sum(e["num_errors"] for e in retry) == 3
+    assert any("first delivery fails" in (e["last_error"] or "") for e in retry)
+
+    from tests.test_cli import amebus as amebus_cli
+
+    table = await asyncio.to_thread(amebus_cli, "status", "--server", url, "--wait", "0.5")
+    assert table.returncode == 0, table.stderr
+    for s in stats:
+        assert re.search(rf"^Flaky\s+{s['id']}\s+0\.0\.0\s+FLAKY/Flaky\s+3\s", table.stdout,
+                         re.M), table.stdout
+    assert "2 instance(s)" in table.stdout
+    for run in runs:
+        assert await run.stop() == 0
+    after = await asyncio.to_thread(amebus_cli, "status", "--server", url, "--wait", "0.3")
+    assert after.returncode == 1 and "no service answered" in after.stdout

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from amebus.telemetry.observer import BaseObserver, ConsumerLag, Observer, Observers, Serving
 
 if TYPE_CHECKING:
+    from amebus.telemetry.discovery import Discovery
     from amebus.telemetry.health import Health
     from amebus.telemetry.metrics import Metrics
 
