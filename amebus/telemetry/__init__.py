@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from amebus.telemetry.discovery import Discovery
     from amebus.telemetry.health import Health
     from amebus.telemetry.metrics import Metrics
+    from amebus.telemetry.otel import Tracing
 
 __all__ = ["BaseObserver", "ConsumerLag", "Discovery", "Health", "Metrics", "Observer",
            "Observers", "Serving", "Tracing"]
