@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from amebus.testing.server import NatsServer
 
-__all__ = ["Console", "run"]
+__all__ = ["AboveStatus", "Console", "run"]
 
 log = logging.getLogger("amebus.cli")
 
@@ -35,6 +35,8 @@ class Console(logging.StreamHandler[TextIO]):
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self.status = ""
+        self.held = False
+        """Standard output is in the middle of a line: the status line waits for its end."""
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.status:
@@ -46,6 +48,8 @@ class Console(logging.StreamHandler[TextIO]):
 
     def show(self, line: str) -> None:
         self.status = line
+        if self.held:
+            return
         self.stream.write("\r\x1b[K" + line)
         self.flush()
 
@@ -54,6 +58,32 @@ class Console(logging.StreamHandler[TextIO]):
             self.stream.write("\n")
             self.flush()
             self.status = ""
+
+
+class AboveStatus:
+    """Standard output on the terminal of a :class:`Console`: what a handler prints lands on
+    its own line above the status line, never appended to it."""
+
+    def __init__(self, stream: TextIO, console: Console) -> None:
+        self._stream, self._console = stream, console
+
+    def write(self, text: str) -> int:
+        console = self._console
+        if not text:
+            return 0
+        if console.status and not console.held:  # at a line start: take the status line away
+            console.stream.write("\r\x1b[K")
+            console.flush()
+        count = self._stream.write(text)
+        self._stream.flush()
+        console.held = not text.endswith("\n")  # mid-line: no status line until it ends
+        if console.status and not console.held:
+            console.stream.write(console.status)
+            console.flush()
+        return count
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _status_line(service: Service, rate: float, pending: str) -> str:

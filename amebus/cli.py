@@ -224,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console: _cli_run.Console | None = None
     if args.command == "run":
         console = _cli_run.Console(sys.stderr) if sys.stderr.isatty() else None
+        if console is not None and sys.stdout.isatty():  # print() goes above the status line
+            sys.stdout = _cli_run.AboveStatus(sys.stdout, console)
         handler = console or logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.basicConfig(level=args.log_level, handlers=[handler])

@@ -11,6 +11,8 @@ from typing import Literal, Protocol
 
 import attrs
 
+from amebus.errors import Nak
+
 __all__ = ["Decision", "ErrorTracer", "Failure", "LoggingTracer", "Stage"]
 
 Stage = Literal["pre-process", "business", "post-process"]
@@ -88,8 +90,9 @@ class LoggingTracer:
     """The default tracer: one log record per failure on the ``amebus`` logger.
 
     Retryable failures are logged at WARNING, final ones (term) at ERROR; the traceback is
-    logged for handler and post-process failures only (a payload that does not decode, or a
-    subject without a route, is explained by its message alone).
+    logged for handler and post-process failures only (a payload that does not decode, a
+    subject without a route, or a handler's deliberate ``Nak`` on the last delivery is
+    explained by its message alone).
     """
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
@@ -106,6 +109,7 @@ class LoggingTracer:
                 failure.stage, failure.subject, failure.route, failure.stream_seq,
                 failure.deliveries, type(failure.error).__name__, failure.error, d.action,
                 f" {d.delay:g}s" if d.action == "nak" else "",
-                exc_info=failure.error if d.action == "term" and failure.retryable else None,
+                exc_info=failure.error if d.action == "term" and failure.retryable
+                and not isinstance(failure.error, Nak) else None,
             )
         return None

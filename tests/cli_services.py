@@ -117,3 +117,15 @@ class Flaky(amebus.Service):
     @amebus.Route("flaky.bad")
     async def bad(self, payload: bytes) -> None:
         raise amebus.Term("bad by design")
+
+
+class Printer(amebus.Service):
+    """Prints a line per message on standard output (the status-line test)."""
+
+    stream = "CLI"
+    stream_subjects = ("cli.>",)
+
+    @amebus.Route("cli.print")
+    async def show(self, payload: bytes) -> None:
+        print(f"handled {payload.decode()}")
+        _record(payload.decode())
