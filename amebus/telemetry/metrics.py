@@ -1,25 +1,31 @@
 """Prometheus metrics of a serving service (``pip install 'amebus[prometheus]'``).
 
-Counters and histograms are updated per delivery through the observer hooks; gauges (in
-flight, buffered, the consumer's lag) are read when scraped. Labels are bounded: the service
-class, route names and event types, never subjects. ``docs/observability.md`` lists them.
+Per delivery only plain integers are bumped (a few attribute increments, no lock); the
+metric families are built from them when scraped, with the gauges (in flight, buffered, the
+consumer's polled lag). Labels are bounded: the service class, route names and event types,
+never subjects. ``docs/observability.md`` lists every series.
 """
 
 from __future__ import annotations
 
 import time
 import weakref
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 
 from amebus.consumer import HandlerTimeoutError
-from amebus.deadletter import reply_meta
 from amebus.events import EVENT_TYPE_HEADER
 from amebus.telemetry import publishing
-from amebus.telemetry.logs import outcome_of
 from amebus.telemetry.observer import BaseObserver, Serving
 
 if TYPE_CHECKING:
@@ -29,72 +35,126 @@ if TYPE_CHECKING:
     from amebus.telemetry.publishing import PublishDone
     from amebus.tracing import Decision, Failure
 
-__all__ = ["HANDLER_BUCKETS", "OUTCOMES", "Metrics"]
+__all__ = ["ATTEMPT_BUCKETS", "HANDLER_BUCKETS", "OUTCOMES", "PUBLISH_BUCKETS", "Metrics"]
 
 OUTCOMES = ("acked", "naked", "termed", "returned", "skipped")
-"""``amebus_messages_total`` outcomes: one per settlement."""
+"""``amebus_messages_total`` outcomes: exactly one per settlement."""
 
 HANDLER_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300)
-_ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 7, 10, 20, 50)
+ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 7, 10, 20, 50)
+PUBLISH_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5)
 _NO_ROUTE = "(none)"
 
 
-class _Families:
-    """The metric families of one registry, shared by every ``Metrics`` using it."""
+class _Histogram:
+    __slots__ = ("bounds", "counts", "les", "total")
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        route = ["service", "route"]
-        self.messages = Counter("amebus_messages", "Settlements by route and outcome "
-                                "(acked, naked, termed, returned, skipped).",
-                                [*route, "outcome"], registry=registry)
-        self.dead_lettered = Counter("amebus_dead_lettered", "Termed messages whose "
-                                     "dead-letter copy was stored.", route, registry=registry)
-        self.timed_out = Counter("amebus_handler_timeouts", "Handlers cancelled past their "
-                                 "timeout.", route, registry=registry)
-        self.failures = Counter("amebus_failures", "Failures traced, by stage.",
-                                [*route, "stage"], registry=registry)
-        self.handler_seconds = Histogram("amebus_handler_seconds", "Time a handler ran.",
-                                         route, buckets=HANDLER_BUCKETS, registry=registry)
-        self.attempts = Histogram("amebus_delivery_attempt", "The delivery number of each "
-                                  "delivery started (1: first).", route,
-                                  buckets=_ATTEMPT_BUCKETS, registry=registry)
-        self.published = Counter("amebus_published", "Events published, by event type and "
-                                 "outcome (stored, failed).", ["event_type", "outcome"],
-                                 registry=registry)
-        self.publish_seconds = Histogram("amebus_publish_seconds", "Time of a publish call "
-                                         "until every ack arrived (kind: single, batch).",
-                                         ["kind"], registry=registry)
-        self.servings: list[Serving] = []
-        registry.register(_Live(self))
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = bounds
+        self.les: list[str] = [floatToGoString(b)  # type: ignore[no-untyped-call]
+                               for b in (*bounds, float("inf"))]
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def add_to(self, family: HistogramMetricFamily, labels: list[str]) -> None:
+        running, buckets = 0, []
+        for le, count in zip(self.les, self.counts, strict=True):
+            running += count
+            buckets.append((le, running))
+        family.add_metric(labels, buckets, self.total)
+
+
+class _Route:
+    """The counts of one route (or of messages no route handled)."""
+
+    __slots__ = ("acked", "attempts", "dead_lettered", "failures", "naked", "returned",
+                 "seconds", "skipped", "termed", "timed_out")
+
+    def __init__(self) -> None:
+        self.acked = self.naked = self.termed = self.returned = self.skipped = 0
+        self.dead_lettered = self.timed_out = 0
+        self.failures: dict[str, int] = {}
+        self.seconds = _Histogram(HANDLER_BUCKETS)
+        self.attempts = _Histogram(ATTEMPT_BUCKETS)
+
+
+class _Collector:
+    """One per registry: every ``Metrics`` using it, and the publish counts of the process."""
+
+    def __init__(self) -> None:
+        self.members: list[Metrics] = []
+        self.published: dict[tuple[str, str], int] = {}
+        self.publish_seconds = {"single": _Histogram(PUBLISH_BUCKETS),
+                                "batch": _Histogram(PUBLISH_BUCKETS)}
+        self.live = 0
 
     def publish_started(self, subjects: Sequence[str],
                         headers: Sequence[dict[str, str]]) -> PublishDone:
         start = time.perf_counter()
-        kind = "single" if len(subjects) == 1 else "batch"
 
         def done(error: BaseException | None) -> None:
-            self.publish_seconds.labels(kind).observe(time.perf_counter() - start)
+            kind = "single" if len(subjects) == 1 else "batch"
+            self.publish_seconds[kind].observe(time.perf_counter() - start)
             failed = getattr(error, "failures", None)  # BatchPublishError: per event
             for index, hdrs in enumerate(headers):
                 bad = error is not None and (failed is None or index in failed)
-                self.published.labels(hdrs.get(EVENT_TYPE_HEADER, ""),
-                                      "failed" if bad else "stored").inc()
+                key = (hdrs.get(EVENT_TYPE_HEADER, ""), "failed" if bad else "stored")
+                self.published[key] = self.published.get(key, 0) + 1
 
         return done
 
-
-class _Live:
-    """Read when scraped: in flight, buffered, received, and the consumer's lag."""
-
-    def __init__(self, families: _Families) -> None:
-        self.families = families
-
     def collect(self) -> Iterator[Metric]:
+        route_labels = ["service", "route"]
+        messages = CounterMetricFamily(
+            "amebus_messages", "Settlements by route and outcome (acked, naked, termed, "
+            "returned: given back at shutdown, skipped: no route, acked unhandled).",
+            labels=[*route_labels, "outcome"])
+        dead = CounterMetricFamily("amebus_dead_lettered", "Termed messages whose "
+                                   "dead-letter copy was stored.", labels=route_labels)
+        timeouts = CounterMetricFamily("amebus_handler_timeouts", "Handlers cancelled past "
+                                       "their timeout.", labels=route_labels)
+        failures = CounterMetricFamily("amebus_failures", "Failures traced, by stage.",
+                                       labels=[*route_labels, "stage"])
+        seconds = HistogramMetricFamily("amebus_handler_seconds", "Time a handler ran.",
+                                        labels=route_labels)
+        attempts = HistogramMetricFamily("amebus_delivery_attempt", "The delivery number of "
+                                         "each delivery started (1: the first).",
+                                         labels=route_labels)
+        for member in self.members:
+            for name, route in member.routes.items():
+                key = [member.service, name]
+                for outcome in OUTCOMES:
+                    messages.add_metric([*key, outcome], getattr(route, outcome))
+                dead.add_metric(key, route.dead_lettered)
+                timeouts.add_metric(key, route.timed_out)
+                for stage, count in route.failures.items():
+                    failures.add_metric([*key, stage], count)
+                route.seconds.add_to(seconds, key)
+                route.attempts.add_to(attempts, key)
+        yield from (messages, dead, timeouts, failures, seconds, attempts)
+        yield from self._live()
+        published = CounterMetricFamily("amebus_published", "Events published, by event "
+                                        "type and outcome (stored, failed).",
+                                        labels=["event_type", "outcome"])
+        for (event_type, outcome), count in sorted(self.published.items()):
+            published.add_metric([event_type, outcome], count)
+        latency = HistogramMetricFamily("amebus_publish_seconds", "Time of a publish call "
+                                        "until every ack arrived.", labels=["kind"])
+        for kind, histogram in self.publish_seconds.items():
+            histogram.add_to(latency, [kind])
+        yield from (published, latency)
+
+    def _live(self) -> Iterator[Metric]:
         labels = ["service", "stream", "durable"]
-        gauges = {name: GaugeMetricFamily(f"amebus_{name}", text, labels=labels) for name, text in (
+        gauges = {name: GaugeMetricFamily(f"amebus_{name}", text, labels=labels)
+                  for name, text in (
             ("in_flight", "Handlers running now."),
             ("buffered", "Messages pulled and not yet started."),
-            ("consumer_num_pending", "Messages in the stream not yet delivered to the consumer "
+            ("consumer_num_pending", "Stream messages not yet delivered to the consumer "
              "(polled)."),
             ("consumer_num_ack_pending", "Messages delivered and not yet settled (polled)."),
             ("consumer_num_redelivered", "Messages delivered more than once and not yet "
@@ -102,7 +162,10 @@ class _Live:
             ("consumer_num_waiting", "Pull requests waiting on the server (polled)."))}
         received = CounterMetricFamily("amebus_received", "Messages pulled from the server.",
                                        labels=labels)
-        for serving in self.families.servings:
+        for member in self.members:
+            serving = member.serving
+            if serving is None:
+                continue
             key = [serving.name, serving.stream, serving.durable]
             gauges["in_flight"].add_metric(key, serving.consumer.in_flight)
             gauges["buffered"].add_metric(key, len(serving.puller.buffer))
@@ -117,22 +180,8 @@ class _Live:
         yield received
 
 
-_BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = (
+_COLLECTORS: weakref.WeakKeyDictionary[CollectorRegistry, _Collector] = (
     weakref.WeakKeyDictionary())
-
-
-class _Route:
-    __slots__ = ("attempts", "dead_lettered", "failures", "labels", "outcomes", "seconds",
-                 "timed_out")
-
-    def __init__(self, families: _Families, service: str, route: str) -> None:
-        self.labels = (service, route)
-        self.outcomes = {o: families.messages.labels(service, route, o) for o in OUTCOMES}
-        self.dead_lettered = families.dead_lettered.labels(service, route)
-        self.timed_out = families.timed_out.labels(service, route)
-        self.failures = families.failures
-        self.seconds = families.handler_seconds.labels(service, route)
-        self.attempts = families.attempts.labels(service, route)
 
 
 class Metrics(BaseObserver):
@@ -140,7 +189,7 @@ class Metrics(BaseObserver):
 
     Args:
         registry: where the metrics are registered; default: a registry of this object's own
-            (:attr:`registry`), not prometheus_client's global one. Several ``Metrics`` (one
+            (:attr:`registry`), never prometheus_client's global one. Several ``Metrics`` (one
             per service) may share a registry: their series differ by the ``service`` label.
         lag_interval: seconds between ``CONSUMER.INFO`` polls for the lag gauges.
     """
@@ -148,70 +197,89 @@ class Metrics(BaseObserver):
     def __init__(self, registry: CollectorRegistry | None = None, *,
                  lag_interval: float = 5.0) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        families = _BY_REGISTRY.get(self.registry)
-        if families is None:
-            families = _BY_REGISTRY[self.registry] = _Families(self.registry)
-        self._families = families
+        collector = _COLLECTORS.get(self.registry)
+        if collector is None:
+            collector = _COLLECTORS[self.registry] = _Collector()
+            self.registry.register(collector)
+        self._collector = collector
         self.lag_interval = lag_interval
-        self._serving: Serving | None = None
-        self._routes: dict[int, _Route] = {}
-        self._by_name: dict[str, _Route] = {}
-        self._none: _Route | None = None
+        self.serving: Serving | None = None
+        self.service = ""
+        self.routes: dict[str, _Route] = {}
+        self._by_handler: dict[int, _Route] = {}
+        self._none = _Route()
 
     async def start(self, serving: Serving) -> None:
         """Bind the service's routes and start polling its lag."""
-        if self._serving is not None:
-            msg = (f"this Metrics already observes {self._serving.name}; give each serving "
+        if self.serving is not None:
+            msg = (f"this Metrics already observes {self.serving.name}; give each serving "
                    f"service its own Metrics (they may share a registry)")
             raise RuntimeError(msg)
-        self._serving = serving
-        families = self._families
+        self.serving, self.service = serving, serving.name
         for handler in serving.consumer.handlers.values():
-            route = _Route(families, serving.name, handler.name)
-            self._routes[id(handler)] = self._by_name[handler.name] = route
-        self._none = _Route(families, serving.name, _NO_ROUTE)
-        families.servings.append(serving)
-        if len(families.servings) == 1:
-            publishing.add_publish_observer(families)
+            route = self.routes.setdefault(handler.name, _Route())
+            self._by_handler[id(handler)] = route
+        self.routes.setdefault(_NO_ROUTE, self._none)
+        collector = self._collector
+        if self not in collector.members:
+            collector.members.append(self)
+        collector.live += 1
+        if collector.live == 1:
+            publishing.add_publish_observer(collector)
         serving.lag.interval = self.lag_interval
         serving.lag.start()
 
     async def stop(self) -> None:
-        """Stop reading the service's gauges (its counters stay)."""
-        serving, self._serving = self._serving, None
-        families = self._families
-        if serving is not None and serving in families.servings:
-            families.servings.remove(serving)
-            if not families.servings:
-                publishing.remove_publish_observer(families)
-
-    def _route(self, handler: Handler | None) -> _Route:
-        route = self._routes.get(id(handler)) if handler is not None else None
-        if route is None:
-            route = self._none
-            assert route is not None  # set in start(), before any message
-        return route
+        """Stop reading the service's gauges; its counters stay in the registry."""
+        if self.serving is None:
+            return
+        self.serving = None
+        self._by_handler.clear()
+        collector = self._collector
+        collector.live -= 1
+        if collector.live == 0:
+            publishing.remove_publish_observer(collector)
 
     def delivery_started(self, msg: Msg, handler: Handler) -> None:
-        """Observe the delivery number."""
-        self._route(handler).attempts.observe(reply_meta(msg.reply)[2])
+        """Count the delivery by its number (from the reply subject)."""
+        tokens = msg.reply.split(".")
+        try:
+            deliveries = int(tokens[4] if len(tokens) == 9 else tokens[6])
+        except (IndexError, ValueError):
+            deliveries = 1
+        self._by_handler.get(id(handler), self._none).attempts.observe(deliveries)
 
     def handler_finished(self, msg: Msg, handler: Handler, seconds: float) -> None:
-        """Observe the handler's time."""
-        self._route(handler).seconds.observe(seconds)
+        """Count the handler's time."""
+        self._by_handler.get(id(handler), self._none).seconds.observe(seconds)
 
     def failed(self, failure: Failure) -> None:
         """Count the failure by stage, and timeouts."""
-        route = self._by_name.get(failure.route or "") or self._route(None)
-        route.failures.labels(*route.labels, failure.stage).inc()
+        route = self.routes.get(failure.route or _NO_ROUTE, self._none)
+        route.failures[failure.stage] = route.failures.get(failure.stage, 0) + 1
         if isinstance(failure.error, HandlerTimeoutError):
-            route.timed_out.inc()
+            route.timed_out += 1
 
     def settled(self, msg: Msg, decision: Decision, handler: Handler | None) -> None:
         """Count the settlement by outcome (and a dead-letter copy)."""
-        route = self._route(handler)
-        serving = self._serving
-        stopping = serving is not None and serving.consumer.stopping
-        route.outcomes[outcome_of(decision, handler, returned=stopping)].inc()
-        if decision.action == "term" and decision.dead_letter:
-            route.dead_lettered.inc()
+        action = decision.action
+        if handler is None:
+            route = self._none
+            if action == "ack":
+                route.skipped += 1
+                return
+        else:
+            route = self._by_handler.get(id(handler), self._none)
+            if action == "ack":
+                route.acked += 1
+                return
+        if action == "nak":
+            serving = self.serving
+            if decision.delay == 0 and serving is not None and serving.consumer.stopping:
+                route.returned += 1
+            else:
+                route.naked += 1
+        else:
+            route.termed += 1
+            if decision.dead_letter:
+                route.dead_lettered += 1

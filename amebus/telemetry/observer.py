@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -118,37 +119,45 @@ class Observer(Protocol):
 
 
 class Observers:
-    """Several observers as one, called in order (stopped in reverse)."""
+    """Several observers as one, called in order (stopped in reverse).
+
+    Per-message methods an observer inherits unchanged from :class:`BaseObserver` are left
+    out of the fan-out, and a method only one observer implements is that observer's own.
+    """
+
+    delivery_started: Callable[[Msg, Handler], None]
+    handler_finished: Callable[[Msg, Handler, float], None]
+    failed: Callable[[Failure], None]
+    settled: Callable[[Msg, Decision, Handler | None], None]
 
     def __init__(self, *observers: Observer) -> None:
         self.observers = observers
+        for name in ("delivery_started", "handler_finished", "failed", "settled"):
+            noop = getattr(BaseObserver, name)
+            calls = [getattr(o, name) for o in observers
+                     if getattr(type(o), name, None) is not noop]
+            setattr(self, name, calls[0] if len(calls) == 1 else _fanout(calls))
 
     async def start(self, serving: Serving) -> None:
+        """Start each observer in order."""
         for observer in self.observers:
             await observer.start(serving)
 
     async def stop(self) -> None:
+        """Stop each observer in reverse order; one that fails is logged, the rest stop."""
         for observer in reversed(self.observers):
             try:
                 await observer.stop()
             except Exception:
                 log.exception("observer %r failed to stop", observer)
 
-    def delivery_started(self, msg: Msg, handler: Handler) -> None:
-        for observer in self.observers:
-            observer.delivery_started(msg, handler)
 
-    def handler_finished(self, msg: Msg, handler: Handler, seconds: float) -> None:
-        for observer in self.observers:
-            observer.handler_finished(msg, handler, seconds)
+def _fanout(calls: list[Callable[..., None]]) -> Callable[..., None]:
+    def every(*args: Any) -> None:
+        for call in calls:
+            call(*args)
 
-    def failed(self, failure: Failure) -> None:
-        for observer in self.observers:
-            observer.failed(failure)
-
-    def settled(self, msg: Msg, decision: Decision, handler: Handler | None) -> None:
-        for observer in self.observers:
-            observer.settled(msg, decision, handler)
+    return every
 
 
 class BaseObserver:

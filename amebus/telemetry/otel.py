@@ -49,7 +49,7 @@ class Tracing(BaseObserver):
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         self._tracer = trace.get_tracer("amebus", tracer_provider=tracer_provider)
-        self._open: dict[int, tuple[trace.Span, object, str]] = {}
+        self._open: dict[int, tuple[trace.Span, object, tuple[str, int]]] = {}
         self._active: ContextVar[trace.Span | None] = ContextVar("amebus_span", default=None)
         self._earlier: OrderedDict[tuple[str, int], trace.SpanContext] = OrderedDict()
         self._servings = 0
@@ -81,7 +81,8 @@ class Tracing(BaseObserver):
 
     def delivery_started(self, msg: Msg, handler: Handler) -> None:
         """Open the delivery's consumer span and make it current in the worker."""
-        parent = propagate.extract(msg.headers or {})
+        headers = msg.headers
+        parent = propagate.extract(headers) if headers else None
         stream, seq, deliveries = reply_meta(msg.reply)
         route = getattr(handler, "route", None)
         pattern = route.pattern if route is not None else handler.name
@@ -99,7 +100,7 @@ class Tracing(BaseObserver):
         serving = self._servings_by_handler.get(id(handler))
         if serving is not None:
             attributes["messaging.consumer.group.name"] = serving.durable
-        msg_id = (msg.headers or {}).get("Nats-Msg-Id")
+        msg_id = headers.get("Nats-Msg-Id") if headers else None
         if msg_id:
             attributes["messaging.message.id"] = msg_id
         earlier = self._earlier.pop((stream, seq), None)
@@ -109,7 +110,7 @@ class Tracing(BaseObserver):
                                        links=links)
         token = otel_context.attach(trace.set_span_in_context(span))
         self._active.set(span)
-        self._open[id(msg)] = (span, token, stream)
+        self._open[id(msg)] = (span, token, (stream, seq))
 
     def failed(self, failure: Failure) -> None:
         """Record the failure on the delivery's span."""
@@ -122,18 +123,19 @@ class Tracing(BaseObserver):
         entry = self._open.pop(id(msg), None)
         if entry is None:
             return  # never started (given back unstarted, or no route)
-        span, token, stream = entry
+        span, token, key = entry
         serving = self._servings_by_handler.get(id(handler))
         stopping = serving is not None and serving.consumer.stopping
         outcome = outcome_of(decision, handler, returned=stopping)
-        span.set_attribute("amebus.outcome", outcome)
-        if decision.action == "nak":
-            span.set_attribute("amebus.nak_delay", decision.delay)
-            _, seq, _ = reply_meta(msg.reply)
-            self._remember((stream, seq), span.get_span_context())
-        elif decision.action == "term":
-            span.set_attribute("amebus.term_reason", decision.reason)
-            span.set_attribute("amebus.dead_lettered", decision.dead_letter)
+        if decision.action == "ack":
+            span.set_attribute("amebus.outcome", outcome)
+        elif decision.action == "nak":
+            span.set_attributes({"amebus.outcome": outcome, "amebus.nak_delay": decision.delay})
+            self._remember(key, span.get_span_context())
+        else:
+            span.set_attributes({"amebus.outcome": outcome,
+                                 "amebus.term_reason": decision.reason,
+                                 "amebus.dead_lettered": decision.dead_letter})
             span.set_status(Status(StatusCode.ERROR, decision.reason))
         span.end()
         self._active.set(None)
