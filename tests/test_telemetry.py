@@ -1,17 +1,21 @@
-"""Metrics and health of ``amebus run --metrics``, scraped over HTTP from a subprocess against
-a real nats-server and parsed with prometheus_client's own parser."""
+"""Metrics, health and service discovery against real nats-servers: ``amebus run --metrics``
+scraped over HTTP in a subprocess and parsed with prometheus_client's own parser, readiness
+flipping with the server, the stall detector, and ``$SRV`` answered by two processes."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from _support import Space, serving
+import nats
+from _support import Space, eventually, serving
 from nats.aio.client import Client
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -223,3 +227,36 @@ async def test_discovery_across_two_processes_and_amebus_status(
         assert await run.stop() == 0
     after = await asyncio.to_thread(amebus_cli, "status", "--server", url, "--wait", "0.3")
     assert after.returncode == 1 and "no service answered" in after.stdout
+
+
+async def test_the_stall_detector_fails_readiness_while_the_server_is_silent(
+        nats_server_fresh: NatsServer, space: Space) -> None:
+    """A frozen server keeps the TCP connection open and sends nothing: connected, but
+    stalled. Readiness fails on silence alone, and comes back once something arrives."""
+    class Quiet(amebus.Service):
+        @amebus.Route(space.subject("x"))
+        async def x(self, payload: bytes) -> None:
+            pass
+
+    nc = await nats.connect(nats_server_fresh.url, max_reconnect_attempts=-1)
+    health = Health(stall_periods=1.5)  # 7.5 s: longer than the 5 s between idle heartbeats
+    pid = nats_server_fresh.pid
+    assert pid is not None
+    try:
+        async with serving(Quiet(), nc, observer=health, **space.options()):
+            assert health.readiness()["ready"] is True
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                await eventually(lambda: not health.readiness()["ready"], timeout=15,
+                                 what="readiness failing")
+                checks = health.readiness()["checks"]
+                assert checks["connection"]["ok"] is True  # the socket is still open
+                assert checks["receiving"]["ok"] is False
+                assert "nothing heard for" in checks["receiving"]["detail"]
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            await nc.jetstream().publish(space.subject("x"), b"")
+            await eventually(lambda: health.readiness()["ready"], timeout=10,
+                             what="readiness back")
+    finally:
+        await nc.close()
