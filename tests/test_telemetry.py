@@ -260,3 +260,51 @@ async def test_the_stall_detector_fails_readiness_while_the_server_is_silent(
                              what="readiness back")
     finally:
         await nc.close()
+
+
+async def test_timeouts_dead_letters_skipped_and_returned_are_counted(
+        nc: Client, space: Space) -> None:
+    release = asyncio.Event()
+    started: list[str] = []
+
+    class Counted(amebus.Service):
+        @amebus.Route(space.subject("slow"), timeout=0.2)
+        async def slow(self, payload: bytes) -> None:
+            await asyncio.sleep(30)
+
+        @amebus.Route(space.subject("hold"))
+        async def hold(self, payload: bytes) -> None:
+            started.append("hold")
+            await release.wait()
+
+    metrics = Metrics()
+
+    def sample(name: str, route: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            name, {"service": "Counted", "route": route, **labels})
+
+    js = nc.jetstream()
+    # the routes do not cover the stream: the consumer takes it all, so the dead-letter copy
+    # (published into the same stream) comes back unrouted and is skipped
+    options = space.options(max_deliver=2, dead_letter_subject=space.subject("dead"),
+                            shutdown_timeout=0.2)
+    async with serving(Counted(), nc, observer=metrics, **options):
+        await js.publish(space.subject("slow"), b"")
+        await eventually(lambda: sample("amebus_messages_total", "(none)",
+                                        outcome="skipped") == 1, timeout=10,
+                         what="the dead-letter copy skipped")
+        assert sample("amebus_handler_timeouts_total", "slow") == 2
+        assert sample("amebus_messages_total", "slow", outcome="naked") == 1
+        assert sample("amebus_messages_total", "slow", outcome="termed") == 1
+        assert sample("amebus_dead_lettered_total", "slow") == 1
+        assert sample("amebus_delivery_attempt_count", "slow") == 2
+        assert sample("amebus_delivery_attempt_sum", "slow") == 3  # deliveries 1 and 2
+        for _ in range(3):
+            await js.publish(space.subject("hold"), b"")
+        await eventually(lambda: started == ["hold"], what="the first hold running")
+        await eventually(lambda: metrics.serving is not None
+                         and len(metrics.serving.puller.buffer) == 2, what="two buffered")
+    # stopped: the running handler was cancelled and the two buffered given back, all nak 0
+    assert sample("amebus_messages_total", "hold", outcome="returned") == 1
+    assert sample("amebus_messages_total", "(none)", outcome="returned") == 2
+    assert sample("amebus_messages_total", "hold", outcome="naked") == 0
