@@ -1,6 +1,7 @@
 """One log line per settlement, against a real nats-server: DEBUG for an ack, INFO for a nak,
 WARNING with the reason for a term; a handler's own Term is logged; a deliberate Nak on the
-last delivery is logged without a traceback."""
+last delivery is logged without a traceback; and the observer option is checked at class
+creation."""
 
 from __future__ import annotations
 
@@ -56,3 +57,20 @@ async def test_one_line_per_settlement(nc: Client, space: Space,
     failure = [r for r in caplog.records if r.name == "amebus" and "Nak" in r.message]
     assert len(failure) == 1 and failure[0].levelname == "ERROR"
     assert failure[0].exc_info is None  # deliberate: no traceback
+
+
+class TestObserverOption:
+    def test_a_non_observer_is_refused_at_class_creation(self) -> None:
+        with pytest.raises(amebus.ConfigurationError, match=r"observer 5 is not an Observer "
+                           r"\(missing start, stop, .*BaseObserver"):
+            class Bad(amebus.Service):
+                stream = "S"
+                observer = 5  # type: ignore[assignment]
+
+    def test_a_class_instead_of_an_instance_is_refused(self) -> None:
+        from amebus.telemetry import BaseObserver
+
+        with pytest.raises(amebus.ConfigurationError, match="a class; pass an instance"):
+            class Bad(amebus.Service):
+                stream = "S"
+                observer = BaseObserver  # type: ignore[assignment]

@@ -115,7 +115,9 @@ class Observer(Protocol):
         """A failure was traced (before its dead-letter copy is published)."""
 
     def settled(self, msg: Msg, decision: Decision, handler: Handler | None) -> None:
-        """``decision`` is being sent for ``msg``; ``handler`` is None when no route ran."""
+        """``decision`` is being sent for ``msg``; ``handler`` is None when no route ran. Also
+        called when the handler settled ``msg`` itself: ``decision`` is then amebus's own,
+        which is not sent."""
 
 
 class Observers:
