@@ -24,7 +24,7 @@ from amebus.events import EVENT_TYPE_HEADER
 from amebus.matcher import Matcher
 from amebus.pull import Puller
 from amebus.routing import CompiledRoute, ServiceMeta
-from amebus.telemetry.observer import ConsumerLag, Serving
+from amebus.telemetry.observer import ConsumerLag, Serving, check_observer
 from amebus.tracing import Decision, ErrorTracer
 
 if TYPE_CHECKING:
@@ -374,26 +374,10 @@ def _settings(cls: type[Service], overrides: Mapping[str, Any]) -> Settings:
         msg = (f"{cls.__name__}.serve() got unknown option(s) {sorted(unknown)}; "
                f"valid: {', '.join(_SERVE_OPTIONS)}, error_tracer, observer")
         raise TypeError(msg)
-    _check_observer(cls, overrides.get("observer", cls.observer))
+    check_observer(cls.__name__, overrides.get("observer", cls.observer))
     values = {name: overrides.get(name, getattr(cls, name)) for name in _SETTINGS}
     try:
         return Settings(**values)
     except (TypeError, ValueError) as exc:
         msg = f"{cls.__name__}: invalid configuration: {exc}"
         raise ConfigurationError(msg) from None
-
-
-_OBSERVER_METHODS = ("start", "stop", "delivery_started", "handler_finished", "failed",
-                     "settled")
-
-
-def _check_observer(cls: type[Service], observer: object) -> None:
-    if observer is None:
-        return
-    missing = [m for m in _OBSERVER_METHODS if not callable(getattr(observer, m, None))]
-    if isinstance(observer, type) or missing:
-        what = "a class; pass an instance" if isinstance(observer, type) else (
-            f"missing {', '.join(missing)}")
-        msg = (f"{cls.__name__}: observer {observer!r} is not an Observer ({what}); subclass "
-               f"amebus.telemetry.BaseObserver, or combine several with Observers(...)")
-        raise ConfigurationError(msg)

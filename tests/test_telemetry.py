@@ -14,13 +14,15 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import nats
+import pytest
 from _support import Space, eventually, serving
 from nats.aio.client import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 import amebus
-from amebus.telemetry import Health, Metrics, Observers
+from amebus.telemetry import Health, Metrics, Observers, publishing
 from amebus.testing import NatsServer
 from tests.test_cli import Running, wait_handled
 
@@ -308,3 +310,49 @@ async def test_timeouts_dead_letters_skipped_and_returned_are_counted(
     assert sample("amebus_messages_total", "hold", outcome="returned") == 1
     assert sample("amebus_messages_total", "(none)", outcome="returned") == 2
     assert sample("amebus_messages_total", "hold", outcome="naked") == 0
+
+
+async def test_publishes_are_counted_and_timed_by_event_type(nc: Client, space: Space) -> None:
+    stored_subject, nowhere = space.subject("in"), f"nowhere{space.prefix}.x"
+
+    @attrs.frozen
+    class Incoming(amebus.Event):
+        subject = stored_subject
+        n: int
+
+    @attrs.frozen
+    class Lost(amebus.Event):
+        subject = nowhere
+        n: int
+
+    class Relay(amebus.Service):
+        @amebus.Route(space.subject("start"))
+        async def start(self, payload: bytes) -> Incoming:
+            return Incoming(0)  # a result event
+
+        @amebus.Route(Incoming)
+        async def incoming(self, event: Incoming) -> None:
+            pass
+
+    metrics = Metrics()
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    js = nc.jetstream()
+    async with serving(Relay(), nc, observer=metrics, **space.options()):
+        await js.publish(space.subject("start"), b"")  # plain nats-py: not counted
+        await eventually(lambda: sample("amebus_messages_total", service="Relay",
+                                        route="incoming", outcome="acked") == 1,
+                         what="the result event handled")
+        await amebus.publish_many(js, [Incoming(1), Incoming(2), Incoming(3)])
+        with pytest.raises(amebus.PublishError):
+            await Lost(1).publish(js)
+    stored = {"event_type": Incoming.event_type, "outcome": "stored"}
+    assert sample("amebus_published_total", **stored) == 4
+    assert sample("amebus_published_total", event_type=Lost.event_type, outcome="failed") == 1
+    assert sample("amebus_publish_seconds_count", kind="single") == 2
+    assert sample("amebus_publish_seconds_count", kind="batch") == 1
+    assert publishing.current is None  # stopped serving: publishing is plain again
+    await Incoming(4).publish(js)
+    assert sample("amebus_published_total", **stored) == 4

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from amebus.service import Service
     from amebus.tracing import Decision, Failure
 
-__all__ = ["BaseObserver", "ConsumerLag", "Observer", "Observers", "Serving"]
+__all__ = ["BaseObserver", "ConsumerLag", "Observer", "Observers", "Serving",
+           "check_observer"]
 
 log = logging.getLogger(__name__)
 
@@ -182,3 +183,21 @@ class BaseObserver:
 
     def settled(self, msg: Msg, decision: Decision, handler: Handler | None) -> None:
         """Nothing."""
+
+
+_METHODS = ("start", "stop", "delivery_started", "handler_finished", "failed", "settled")
+
+
+def check_observer(owner: str, observer: object) -> None:
+    """Raise ``ConfigurationError`` unless ``observer`` is None or an Observer instance."""
+    if observer is None:
+        return
+    missing = [m for m in _METHODS if not callable(getattr(observer, m, None))]
+    if isinstance(observer, type) or missing:
+        from amebus.errors import ConfigurationError
+
+        what = "a class; pass an instance" if isinstance(observer, type) else (
+            f"missing {', '.join(missing)}")
+        msg = (f"{owner}: observer {observer!r} is not an Observer ({what}); subclass "
+               f"amebus.telemetry.BaseObserver, or combine several with Observers(...)")
+        raise ConfigurationError(msg)
