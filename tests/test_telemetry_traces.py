@@ -47,6 +47,10 @@ async def test_a_trace_from_publish_through_a_result_event_and_a_retry(
             if len(attempts) == 1:
                 raise RuntimeError("first delivery fails")
 
+        @amebus.Route(space.subject("bad"))
+        async def bad(self, payload: bytes) -> None:
+            raise amebus.Term("not ours")
+
     js = nc.jetstream()
     options = space.options()
     async with serving(Orders(), nc, observer=tracing, **options), \
@@ -54,9 +58,10 @@ async def test_a_trace_from_publish_through_a_result_event_and_a_retry(
                     **{**options, "durable": space.durable + "_ship"}):
         await Placed("o1").publish(js, msg_id="m-1")
         await eventually(lambda: len(attempts) == 2, what="the retry handled")
+        await js.publish(space.subject("bad"), b"")
         await eventually(lambda: len([s for s in exporter.get_finished_spans()
-                                      if s.kind == SpanKind.CONSUMER]) == 3,
-                         what="three consumer spans ended")
+                                      if s.kind == SpanKind.CONSUMER]) == 4,
+                         what="four consumer spans ended")
     assert publishing.current is None  # stopped: publishing is plain again
     spans = exporter.get_finished_spans()
 
@@ -95,3 +100,8 @@ async def test_a_trace_from_publish_through_a_result_event_and_a_retry(
             ] == ["first delivery fails"]
     assert second.attributes["amebus.outcome"] == "acked"  # type: ignore[index]
     assert second.status.status_code != StatusCode.ERROR
+    [termed] = one(f"process {space.subject('bad')}", SpanKind.CONSUMER)
+    assert termed.parent is None  # published by plain nats-py: no trace context to continue
+    assert termed.attributes["amebus.outcome"] == "termed"  # type: ignore[index]
+    assert termed.attributes["amebus.term_reason"] == "not ours"  # type: ignore[index]
+    assert termed.status.status_code == StatusCode.ERROR
