@@ -356,3 +356,10 @@ async def test_publishes_are_counted_and_timed_by_event_type(nc: Client, space: 
     assert publishing.current is None  # stopped serving: publishing is plain again
     await Incoming(4).publish(js)
     assert sample("amebus_published_total", **stored) == 4
+    metrics.instrument_publishing()  # a process that only publishes
+    try:
+        await Incoming(5).publish(js)
+    finally:
+        metrics.uninstrument_publishing()
+    assert sample("amebus_published_total", **stored) == 5
+    assert publishing.current is None

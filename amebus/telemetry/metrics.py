@@ -91,6 +91,7 @@ class _Collector:
         self.publish_seconds = {"single": _Histogram(PUBLISH_BUCKETS),
                                 "batch": _Histogram(PUBLISH_BUCKETS)}
         self.live = 0
+        self.pinned = False  # instrument_publishing(): count publishes with nothing serving
 
     def publish_started(self, subjects: Sequence[str],
                         headers: Sequence[dict[str, str]]) -> PublishDone:
@@ -209,6 +210,18 @@ class Metrics(BaseObserver):
         self._by_handler: dict[int, _Route] = {}
         self._none = _Route()
 
+    def instrument_publishing(self) -> None:
+        """Count every publish of this process from now on, serving or not (publishes are
+        counted while a service with this registry's metrics serves anyway)."""
+        self._collector.pinned = True
+        publishing.add_publish_observer(self._collector)
+
+    def uninstrument_publishing(self) -> None:
+        """Undo :meth:`instrument_publishing` (publishes are still counted while serving)."""
+        self._collector.pinned = False
+        if self._collector.live == 0:
+            publishing.remove_publish_observer(self._collector)
+
     async def start(self, serving: Serving) -> None:
         """Bind the service's routes and start polling its lag."""
         if self.serving is not None:
@@ -237,7 +250,7 @@ class Metrics(BaseObserver):
         self._by_handler.clear()
         collector = self._collector
         collector.live -= 1
-        if collector.live == 0:
+        if collector.live == 0 and not collector.pinned:
             publishing.remove_publish_observer(collector)
 
     def delivery_started(self, msg: Msg, handler: Handler) -> None:
