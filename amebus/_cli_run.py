@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from amebus.testing.server import NatsServer
 
-__all__ = ["Console", "run"]
+__all__ = ["AboveStatus", "Console", "run"]
 
 log = logging.getLogger("amebus.cli")
 
@@ -35,6 +35,8 @@ class Console(logging.StreamHandler[TextIO]):
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self.status = ""
+        self.held = False
+        """Standard output is in the middle of a line: the status line waits for its end."""
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.status:
@@ -46,6 +48,8 @@ class Console(logging.StreamHandler[TextIO]):
 
     def show(self, line: str) -> None:
         self.status = line
+        if self.held:
+            return
         self.stream.write("\r\x1b[K" + line)
         self.flush()
 
@@ -54,6 +58,32 @@ class Console(logging.StreamHandler[TextIO]):
             self.stream.write("\n")
             self.flush()
             self.status = ""
+
+
+class AboveStatus:
+    """Standard output on the terminal of a :class:`Console`: what a handler prints lands on
+    its own line above the status line, never appended to it."""
+
+    def __init__(self, stream: TextIO, console: Console) -> None:
+        self._stream, self._console = stream, console
+
+    def write(self, text: str) -> int:
+        console = self._console
+        if not text:
+            return 0
+        if console.status and not console.held:  # at a line start: take the status line away
+            console.stream.write("\r\x1b[K")
+            console.flush()
+        count = self._stream.write(text)
+        self._stream.flush()
+        console.held = not text.endswith("\n")  # mid-line: no status line until it ends
+        if console.status and not console.held:
+            console.stream.write(console.status)
+            console.flush()
+        return count
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _status_line(service: Service, rate: float, pending: str) -> str:
@@ -180,11 +210,57 @@ async def _embedded_server(store: str | None) -> NatsServer:
     return server
 
 
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        msg = f"--metrics {text!r} is not HOST:PORT (like 127.0.0.1:9464; port 0: any free one)"
+        raise CommandError(msg, USAGE)
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def _telemetry(service: Service, overrides: dict[str, Any],
+                     args: argparse.Namespace) -> asyncio.Server | None:
+    """Add the observers the options ask for; start the health server; return it."""
+    from amebus.telemetry import Observer, Observers
+
+    observers: list[Observer] = []
+    own = type(service).observer
+    if own is not None:
+        observers.append(own)
+    server = None
+    if args.metrics:
+        host, port = _address(args.metrics)
+        try:
+            from amebus.telemetry.health import Health
+            from amebus.telemetry.metrics import Metrics
+        except ImportError as exc:
+            msg = f"--metrics needs prometheus-client: pip install 'amebus[prometheus]' ({exc})"
+            raise CommandError(msg) from None
+        metrics = Metrics()
+        health = Health(metrics)
+        observers += [metrics, health]
+        try:
+            server = await health.serve_http(host, port)
+        except OSError as exc:
+            msg = f"--metrics {args.metrics!r}: cannot listen there: {exc}"
+            raise CommandError(msg) from None
+        bound = server.sockets[0].getsockname()
+        say(f"metrics and health on http://{bound[0]}:{bound[1]} (/metrics, /healthz, /readyz)")
+    if not args.no_discovery:
+        from amebus.telemetry.discovery import Discovery
+
+        observers.append(Discovery())
+    if len(observers) > (own is not None):
+        overrides["observer"] = Observers(*observers)
+    return server
+
+
 async def _serve(service: Service, nc: Client, url: str, overrides: dict[str, Any],
                  args: argparse.Namespace, console: Console | None, stopper: _Stopper) -> int:
     cls = type(service)
     js = nc.jetstream()
     ready = asyncio.Event()
+    http = await _telemetry(service, overrides, args)
     task = stopper.task = asyncio.create_task(service.serve(js, ready=ready, **overrides),
                                               name="amebus-serve")
     stream = overrides.get("stream") or cls.stream or ""
@@ -204,6 +280,8 @@ async def _serve(service: Service, nc: Client, url: str, overrides: dict[str, An
             status.cancel()
         if console is not None:
             console.end()
+        if http is not None:
+            http.close()
     exc = None if task.cancelled() else task.exception()
     if exc is not None:
         if isinstance(exc, AmebusError | ConnectionError):  # ConnectionError: closed for good

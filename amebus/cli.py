@@ -3,6 +3,7 @@
     amebus run module.path:ServiceClass [--server URL] [--concurrency N] ...
     amebus routes module.path:ServiceClass [--json]
     amebus publish SUBJECT [PAYLOAD | -] --server URL
+    amebus status [NAME] --server URL
 
 Only the command line (this module and its ``_cli_*`` helpers) configures logging and installs
 signal handlers; the library never does.
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from amebus import _cli_run
+from amebus import _cli_run, _cli_status
 from amebus._cli_connect import close, connect, server_url
 from amebus._cli_load import USAGE, CommandError, say, service_class
 from amebus.errors import SubjectError
@@ -176,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--status-interval", type=float, default=10.0, metavar="SECONDS",
                      help="seconds between status log lines when not on a terminal "
                      "(10; 0: none)")
+    run.add_argument("--metrics", metavar="HOST:PORT",
+                     help="serve /metrics, /healthz and /readyz over HTTP there "
+                     "(needs amebus[prometheus]; port 0: any free one)")
+    run.add_argument("--no-discovery", action="store_true",
+                     help="do not answer NATS service discovery ($SRV.PING/INFO/STATS)")
     run.add_argument("--log-level", default="INFO",
                      choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
 
@@ -194,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--msg-id", help="Nats-Msg-Id, for de-duplication")
     publish.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the ack")
     publish.add_argument("--json", action="store_true", help="print the ack as JSON")
+    status = sub.add_parser("status", parents=[conn], help="list every serving instance",
+                            description="Ask $SRV.STATS and print one row per instance that "
+                            "answers (amebus run answers unless --no-discovery).")
+    status.add_argument("name", nargs="?", help="only the service of this name")
+    status.add_argument("--wait", type=float, default=1.0, metavar="SECONDS",
+                        help="how long to gather replies (1)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -211,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console: _cli_run.Console | None = None
     if args.command == "run":
         console = _cli_run.Console(sys.stderr) if sys.stderr.isatty() else None
+        if console is not None and sys.stdout.isatty():  # print() goes above the status line
+            sys.stdout = _cli_run.AboveStatus(sys.stdout, console)
         handler = console or logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.basicConfig(level=args.log_level, handlers=[handler])
@@ -218,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": lambda a: asyncio.run(_cli_run.run(a, console)),
         "routes": _routes,
         "publish": lambda a: asyncio.run(_publish(a)),
+        "status": lambda a: asyncio.run(_cli_status.status(a)),
     }
     try:
         return commands[args.command](args)

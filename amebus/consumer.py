@@ -28,6 +28,7 @@ from amebus.settlement import (
     encode,
     server_max_deliver,
 )
+from amebus.telemetry.logs import log_settlement
 from amebus.tracing import Decision, ErrorTracer, Failure, LoggingTracer, Stage
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
 
     from amebus.attempts import Attempts
+    from amebus.telemetry.observer import Observer
 
 __all__ = ["AttemptsExhaustedError", "HandlerTimeoutError", "JetStreamConsumer", "Processor",
            "RouteStats", "Settings"]
@@ -207,6 +209,8 @@ class JetStreamConsumer:
         self.first_reply = ""
         """The reply-subject prefix of a first delivery (``$JS.ACK.<stream>.<durable>.1.``),
         checked before parsing the reply: set by ``serve``."""
+        self.observer: Observer | None = None
+        """Told where each delivery starts, ends and is settled (None: nothing is called)."""
 
     # -- running --------------------------------------------------------------------------
 
@@ -311,6 +315,9 @@ class JetStreamConsumer:
         slot.deadline = start + timeout if timeout is not None else _NEVER
         slot.timed_out, slot.cancels = False, 0
         slot.started, slot.msg = start, msg  # the watchdog watches it from here
+        observer = self.observer
+        if observer is not None:
+            observer.delivery_started(msg, handler)
         stage: Stage = "business"
         try:
             try:
@@ -321,7 +328,10 @@ class JetStreamConsumer:
                 slot.deadline = _NEVER  # only the handler itself is timed
                 stats = handler.stats
                 stats.handled += 1
-                stats.handler_seconds += time.monotonic() - start
+                elapsed = time.monotonic() - start
+                stats.handler_seconds += elapsed
+                if observer is not None:
+                    observer.handler_finished(msg, handler, elapsed)
             if result is not None:
                 stage = "post-process"
                 events = _events_of(result)
@@ -454,6 +464,8 @@ class JetStreamConsumer:
                           stream_seq=seq, deliveries=deliveries,
                           route=handler.name if handler is not None else None,
                           retryable=retryable, decision=decision)
+        if self.observer is not None:
+            self.observer.failed(failure)
         try:
             chosen = self.tracer.trace(failure)
         except Exception:
@@ -481,10 +493,14 @@ class JetStreamConsumer:
 
     async def settle(self, msg: Msg, decision: Decision, handler: Handler | None = None) -> None:
         """Send ``decision`` for ``msg`` (once: skipped if the handler settled it itself)."""
+        if self.observer is not None:
+            self.observer.settled(msg, decision, handler)
         if not msg.reply or msg.is_acked:  # not JetStream, or the handler settled it itself
             return
         if decision.action == "term" and decision.reason:
             decision = attrs.evolve(decision, reason=one_line(decision.reason))
+        if decision.action != "ack" or log.isEnabledFor(logging.DEBUG):
+            log_settlement(log, msg, decision, handler, returned=self.stopping)
         if handler is not None:
             stats = handler.stats
             if decision.action == "ack":

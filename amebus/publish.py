@@ -19,6 +19,7 @@ from nats.js.api import Header, PubAck
 from amebus.codec import default_codec
 from amebus.errors import BatchPublishError, NoStreamError, PublishError, SubjectError
 from amebus.events import EVENT_TYPE_HEADER, Event, _spec_of, subject_of
+from amebus.telemetry import publishing
 
 __all__ = ["DEFAULT_TIMEOUT", "MAX_CONTROL_LINE", "MAX_SUBJECT", "publish_many"]
 
@@ -62,6 +63,21 @@ def _prepare(event: Event, msg_id: str | None,
 
 async def _publish_one(js: JetStreamContext, subject: str, payload: bytes,
                        hdrs: dict[str, str], timeout: float | None) -> PubAck:
+    observer = publishing.current
+    if observer is None:
+        return await _send_one(js, subject, payload, hdrs, timeout)
+    done = observer.publish_started((subject,), (hdrs,))  # may add trace headers
+    try:
+        ack = await _send_one(js, subject, payload, hdrs, timeout)
+    except BaseException as exc:
+        done(exc)
+        raise
+    done(None)
+    return ack
+
+
+async def _send_one(js: JetStreamContext, subject: str, payload: bytes,
+                    hdrs: dict[str, str], timeout: float | None) -> PubAck:
     _check_size(_connection(js), subject, payload, hdrs)
     try:
         return await js.publish(subject, payload, timeout=timeout, headers=hdrs)
@@ -194,22 +210,38 @@ async def publish_many(js: JetStreamContext, events: Iterable[Event], *,
             per event, ``failures`` maps the index of each failed event to its error.
     """
     items = []
-    nc = _connection(js)
     for index, event in enumerate(events):
         try:
-            item = _prepare(event, None, None)
-            _check_size(nc, *item)
+            items.append(_prepare(event, None, None))
         except SubjectError as err:
             msg = f"events[{index}]: {err}; nothing was published"
             raise SubjectError(msg) from None
+    observer = publishing.current
+    if observer is None:
+        return await _send_many(js, items, timeout)
+    done = observer.publish_started([s for s, _, _ in items], [h for _, _, h in items])
+    try:
+        acks = await _send_many(js, items, timeout)
+    except BaseException as exc:
+        done(exc)
+        raise
+    done(None)
+    return acks
+
+
+async def _send_many(js: JetStreamContext, items: list[tuple[str, bytes, dict[str, str]]],
+                     timeout: float | None) -> list[PubAck]:
+    nc = _connection(js)
+    for index, item in enumerate(items):
+        try:
+            _check_size(nc, *item)
         except PublishError as err:  # too large: the server would close the connection
             msg = f"events[{index}]: {err}; nothing of the batch was published"
             raise PublishError(msg, subject=err.subject) from None
-        items.append(item)
     wait = DEFAULT_TIMEOUT if timeout is None else timeout
     if len(items) <= 1:  # a handler's single result: skip the batch's own reply subscription
         try:
-            return [await _publish_one(js, *items[0], wait)] if items else []
+            return [await _send_one(js, *items[0], wait)] if items else []
         except PublishError as err:
             raise _batch_error([None], {0: err}) from None
     inbox = nc.new_inbox()

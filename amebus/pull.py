@@ -54,6 +54,7 @@ class Puller:
         self._sub: Subscription | None = None
         self._inbox = ""
         self._last_seen = 0.0
+        self._heard = 0.0
         self._reconnects = 0
         self._monitor: asyncio.Task[None] | None = None
         self.closed = False
@@ -70,9 +71,21 @@ class Puller:
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg,
                                              pending_msgs_limit=0, pending_bytes_limit=0)
         self._reconnects = self._nc.stats["reconnects"]
-        self._last_seen = time.monotonic()
+        self._last_seen = self._heard = time.monotonic()
         await self.refill()
         self._monitor = asyncio.create_task(self._watch(), name="amebus-pull-monitor")
+
+    @property
+    def heard_at(self) -> float:
+        """``time.monotonic()`` when the server was last heard from: a status such as an idle
+        heartbeat, or (to within the monitor's period) a message. Reissuing requests does not
+        move it, so a stalled consumer shows as an ever older value."""
+        return self._heard
+
+    @property
+    def heartbeat(self) -> float:
+        """Seconds between the server's idle heartbeats on a waiting request."""
+        return self._heartbeat
 
     async def stop(self) -> list[Msg]:
         """Stop requesting, drain the inbox, and return every message not yet taken."""
@@ -129,7 +142,7 @@ class Puller:
     async def _on_msg(self, msg: Msg) -> None:
         headers = msg.headers
         if headers and not msg.reply and "Status" in headers:
-            self._last_seen = time.monotonic()
+            self._last_seen = self._heard = time.monotonic()
             await self._on_status(headers)
             return
         if self.pending:
@@ -211,6 +224,7 @@ class Puller:
                     return
             if self.received != received:
                 received, self._last_seen = self.received, time.monotonic()
+                self._heard = self._last_seen
             reconnects = self._nc.stats["reconnects"]
             silent = time.monotonic() - self._last_seen > 2 * self._heartbeat
             lost = reconnects != self._reconnects or (silent and self.pending > 0)

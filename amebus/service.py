@@ -26,12 +26,15 @@ from amebus.events import EVENT_TYPE_HEADER
 from amebus.matcher import Matcher
 from amebus.pull import Puller
 from amebus.routing import CompiledRoute, ServiceMeta
+from amebus.telemetry.observer import ConsumerLag, Serving, check_observer
 from amebus.tracing import ErrorTracer
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
+
+    from amebus.telemetry.observer import Observer
 
 __all__ = ["Service", "ServiceStats"]
 
@@ -172,6 +175,8 @@ class Service(metaclass=ServiceMeta):
             skips them; the count is logged either way (docs/configuration.md).
         converter: a cattrs converter for this service's events (default: amebus's own).
         error_tracer: receives every failure (default: ``LoggingTracer``).
+        observer: telemetry told about serving and every delivery (default None: nothing is
+            called); see :mod:`amebus.telemetry` (metrics, health, discovery, traces).
     """
 
     stream: ClassVar[str | None] = None
@@ -192,6 +197,7 @@ class Service(metaclass=ServiceMeta):
     new_routes: ClassVar[str] = "replay"
     converter: ClassVar[Any] = None
     error_tracer: ClassVar[ErrorTracer | None] = None
+    observer: ClassVar[Observer | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -315,16 +321,23 @@ class Service(metaclass=ServiceMeta):
             else:
                 background.append(asyncio.create_task(
                     watch_gave_up(consumer, stream, durable), name="amebus-gave-up"))
-        log.info("%s serving %s on stream %s as durable %s", cls.__name__,
-                 ", ".join(cls.filter_subjects), stream, durable)
-        if ready is not None:
-            ready.set()
+        observer: Observer | None = overrides.get("observer", cls.observer)
+        lag = ConsumerLag(nc, stream, durable)
 
         async def stop_pulling() -> None:
             for msg in await puller.stop():  # pulled but never started: back, uncounted
                 await consumer.give_back(msg)
 
         try:
+            if observer is not None:
+                consumer.observer = observer  # set first: a failed start is stopped too
+                await observer.start(Serving(service=self, nc=nc, stream=stream,
+                                             durable=durable, consumer=consumer, puller=puller,
+                                             lag=lag))
+            log.info("%s serving %s on stream %s as durable %s", cls.__name__,
+                     ", ".join(cls.filter_subjects), stream, durable)
+            if ready is not None:
+                ready.set()
             await consumer.run_from(puller.next, before_shutdown=stop_pulling)
         finally:
             for task in background:
@@ -337,6 +350,10 @@ class Service(metaclass=ServiceMeta):
                     await stop_pulling()
             _read_engine(self.stats, consumer, puller)  # keep the final counts
             del self.__dict__["_amebus_live"]
+            await lag.stop()
+            if observer is not None:
+                consumer.observer = None
+                await observer.stop()
 
 
 async def _catch_up_left(nc: Client, stream: str, durable: str) -> bool:
@@ -424,15 +441,16 @@ def _mounted(service: Service, cls: type[Any]) -> Any:
 
 
 def _settings(cls: type[Service], overrides: Mapping[str, Any]) -> Settings:
-    unknown = set(overrides) - set(_SERVE_OPTIONS) - {"error_tracer"}
+    unknown = set(overrides) - set(_SERVE_OPTIONS) - {"error_tracer", "observer"}
     if unknown:
         msg = (f"{cls.__name__}.serve() got unknown option(s) {sorted(unknown)}; "
-               f"valid: {', '.join(_SERVE_OPTIONS)}, error_tracer")
+               f"valid: {', '.join(_SERVE_OPTIONS)}, error_tracer, observer")
         raise TypeError(msg)
     new_routes = overrides.get("new_routes", getattr(cls, "new_routes", "replay"))
     if new_routes not in ("replay", "skip"):
         msg = f"{cls.__name__}.new_routes is {new_routes!r}; use 'replay' or 'skip'"
         raise ConfigurationError(msg)
+    check_observer(cls.__name__, overrides.get("observer", cls.observer))
     values = {name: overrides.get(name, getattr(cls, name)) for name in _SETTINGS}
     try:
         check_options({name: overrides.get(name, getattr(cls, name))

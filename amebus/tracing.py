@@ -12,7 +12,7 @@ from typing import Literal, Protocol
 import attrs
 
 from amebus._text import safe_text
-from amebus.errors import check_delay
+from amebus.errors import Nak, check_delay
 
 __all__ = ["Decision", "ErrorTracer", "Failure", "LoggingTracer", "Stage"]
 
@@ -94,10 +94,11 @@ class LoggingTracer:
     """The default tracer: one log record per failure on the ``amebus`` logger.
 
     Retryable failures are logged at WARNING, final ones (term) at ERROR; the traceback is
-    logged for handler and post-process failures only (a payload that does not decode, or a
-    subject without a route, is explained by its message alone). The subject and the error
-    are logged as safe text (control characters and lone surrogates escaped, length bounded),
-    so a hostile message cannot forge log lines or break the log handler.
+    logged for handler and post-process failures only (a payload that does not decode, a
+    subject without a route, or a handler's deliberate ``Nak`` on the last delivery is
+    explained by its message alone). The subject and the error are logged as safe text
+    (control characters and lone surrogates escaped, length bounded), so a hostile message
+    cannot forge log lines or break the log handler.
     """
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
@@ -115,6 +116,7 @@ class LoggingTracer:
                 safe_text(failure.route, 200), failure.stream_seq, failure.deliveries,
                 safe_text(failure.error, 1000), d.action,
                 f" {d.delay:g}s" if d.action == "nak" else "",
-                exc_info=failure.error if d.action == "term" and failure.retryable else None,
+                exc_info=failure.error if d.action == "term" and failure.retryable
+                and not isinstance(failure.error, Nak) else None,
             )
         return None

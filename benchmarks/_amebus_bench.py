@@ -17,7 +17,7 @@ import nats
 
 from benchmarks._baselines import Target, Unavailable, Workload
 
-__all__ = ["amebus_serve", "build_service"]
+__all__ = ["amebus_serve", "build_service", "observer_for"]
 
 
 def build_service(work: Workload, target: Target) -> Any:
@@ -73,13 +73,52 @@ def build_service(work: Workload, target: Target) -> Any:
     return Orders()
 
 
-async def amebus_serve(work: Workload, target: Target, concurrency: int = 1) -> None:
+def observer_for(telemetry: str) -> Any:
+    """The observer of a telemetry row: ``metrics`` (Prometheus, own registry), ``tracing``
+    (the OpenTelemetry SDK, a batch span processor and an exporter that drops every span),
+    ``both``, or none for ``""``."""
+    if not telemetry:
+        return None
+    try:
+        from amebus.telemetry import Metrics, Observers, Tracing
+    except ImportError as error:
+        raise Unavailable(f"amebus.telemetry not available ({error})") from error
+    observers = []
+    if telemetry in ("metrics", "both"):
+        try:
+            observers.append(Metrics())
+        except ImportError as error:
+            raise Unavailable(f"prometheus-client not installed ({error})") from error
+    if telemetry in ("tracing", "both"):
+        try:
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import (
+                BatchSpanProcessor,
+                SpanExporter,
+                SpanExportResult,
+            )
+        except ImportError as error:
+            raise Unavailable(f"opentelemetry-sdk not installed ({error})") from error
+
+        class Dropped(SpanExporter):
+            def export(self, spans: Any) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
+
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(Dropped()))
+        observers.append(Tracing(provider))
+    return Observers(*observers)
+
+
+async def amebus_serve(work: Workload, target: Target, concurrency: int = 1,
+                       telemetry: str = "") -> None:
     """Serve the bench Service until every message is handled, then cancel it."""
     service = build_service(work, target)
+    observer = observer_for(telemetry)
     nc = await nats.connect(target.url, name="amebus-bench", allow_reconnect=False)
     ready = asyncio.Event()
     serving = asyncio.create_task(service.serve(nc.jetstream(), ready=ready,
-                                                concurrency=concurrency))
+                                                concurrency=concurrency, observer=observer))
     waiting = asyncio.create_task(ready.wait())
     await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
     if serving.done():  # serve() returned or failed before it was ready

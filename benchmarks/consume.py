@@ -50,7 +50,9 @@ from benchmarks._baselines import APPROACHES, NO_ACK, ROUTES, Target, Unavailabl
 __all__ = ["main"]
 
 STREAM = "BENCH"
-_ALL = (*APPROACHES, "amebus", "amebus_c8")
+_TELEMETRY = {"amebus_metrics": "metrics", "amebus_tracing": "tracing",
+              "amebus_both": "both"}
+_ALL = (*APPROACHES, "amebus", "amebus_c8", *_TELEMETRY)
 _ROOT = Path(__file__).resolve().parents[1]
 _ROUTE_CYCLE = ("created",) * 4 + ("paid",) * 3 + ("cancelled",) + ("invoice",) * 2
 
@@ -84,7 +86,8 @@ def _split(n: int) -> dict[str, int]:
 def _worker(args: argparse.Namespace) -> int:
     approach = (amebus_serve if args.worker == "amebus" else
                 functools.partial(amebus_serve, concurrency=8) if args.worker == "amebus_c8" else
-                APPROACHES[args.worker])
+                functools.partial(amebus_serve, telemetry=_TELEMETRY[args.worker])
+                if args.worker in _TELEMETRY else APPROACHES[args.worker])
     work = Workload(args.messages)
     target = Target(args.url, STREAM, args.durable, lambda: print("ready", flush=True))
     report: dict[str, Any] = {"status": "ok"}

@@ -10,6 +10,7 @@ import os
 from typing import ClassVar
 
 import attrs
+from nats.aio.msg import Msg
 
 import amebus
 
@@ -92,3 +93,39 @@ not_a_service = 42
 
 class Plain:
     """A class that is not a Service."""
+
+
+class Flaky(amebus.Service):
+    """Acks ``flaky.ok``, naks then acks ``flaky.retry`` (fails on its first delivery), terms
+    ``flaky.bad`` with the handler's own Term; for the telemetry tests."""
+
+    stream = "FLAKY"
+    stream_subjects = ("flaky.>",)
+    backoff = (0.05,)
+    max_deliver = 3
+
+    @amebus.Route("flaky.ok")
+    async def ok(self, payload: bytes) -> None:
+        _record("ok")
+
+    @amebus.Route("flaky.retry")
+    async def retry(self, msg: Msg) -> None:
+        if msg.metadata.num_delivered == 1:
+            raise RuntimeError("first delivery fails")
+        _record("retry")
+
+    @amebus.Route("flaky.bad")
+    async def bad(self, payload: bytes) -> None:
+        raise amebus.Term("bad by design")
+
+
+class Printer(amebus.Service):
+    """Prints a line per message on standard output (the status-line test)."""
+
+    stream = "CLI"
+    stream_subjects = ("cli.>",)
+
+    @amebus.Route("cli.print")
+    async def show(self, payload: bytes) -> None:
+        print(f"handled {payload.decode()}")
+        _record(payload.decode())

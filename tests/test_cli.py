@@ -225,6 +225,47 @@ class TestRun:
             os.close(master)
 
 
+    async def test_a_handlers_output_never_runs_into_the_status_line(
+            self, nats_server_fresh: NatsServer, client: Client, out: Path) -> None:
+        import pty
+
+        master, slave = pty.openpty()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "amebus", "run", "tests.cli_services:Printer", "--server",
+             nats_server_fresh.url], cwd=ROOT, env=_env(out), stdout=slave, stderr=slave)
+        os.close(slave)
+        os.set_blocking(master, False)
+        seen = b""
+
+        async def read_until(pattern: bytes) -> None:
+            nonlocal seen
+            deadline = time.monotonic() + 10
+            while not re.search(pattern, seen) and time.monotonic() < deadline:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    seen += os.read(master, 4096)
+                await asyncio.sleep(0.05)
+            assert re.search(pattern, seen), seen
+
+        try:
+            await read_until(rb"msg/s \| acked 0")  # the status line is up
+            js = client.jetstream()
+            for n in range(3):
+                await js.publish("cli.print", str(n).encode())
+            await wait_handled(out, 3)
+            await read_until(rb"handled 2\r?\n")
+            # every printed line starts on a line of its own: the status line was cleared first
+            for n in range(3):
+                assert re.search(rb"(\r\x1b\[K|\n)handled %d\r?\n" % n, seen), seen
+            assert not re.search(rb"pending \S+handled", seen), seen
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            os.close(master)
+
+
 class TestRoutes:
     def test_table_by_precedence(self) -> None:
         result = amebus("routes", "tests.cli_services:Recorder")
