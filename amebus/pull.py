@@ -2,8 +2,11 @@
 
 Not nats-py's ``fetch()`` (a task, a timer and a uuid per message). One subscription with a
 callback fills a buffer; requests are refilled before it runs dry, bounded so that no more
-messages are held than can be started soon; idle heartbeats and the connection's reconnect
-counter tell when requests were lost, and they are reissued.
+messages are held than can be started soon, and bounded in bytes: every request carries
+``max_bytes``, and the bytes requested plus the bytes received and not yet settled stay under
+``max_bytes_in_flight`` (a message larger than that is requested alone). Idle heartbeats and
+the connection's reconnect counter tell when requests were lost, and they are reissued; when
+heartbeats stop and a PING gets no PONG, the connection is dead and is replaced.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import logging
 import time
 from collections import deque
 from typing import TYPE_CHECKING
+
+from amebus import _natsio
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -34,14 +39,15 @@ class Puller:
         stream: the stream name.
         durable: the durable consumer name.
         batch: the most messages held (outstanding in requests plus buffered).
+        max_bytes: the most bytes requested plus received and not yet released (settled).
         expires: seconds a pull request lives on the server.
         heartbeat: seconds between the server's idle heartbeats on a waiting request.
         api_prefix: the JetStream API prefix (``$JS.API``).
     """
 
     def __init__(self, nc: Client, stream: str, durable: str, *, batch: int = 512,
-                 expires: float = 30.0, heartbeat: float = 5.0,
-                 api_prefix: str = "$JS.API") -> None:
+                 max_bytes: int = 16 * 1024 * 1024, expires: float = 30.0,
+                 heartbeat: float = 5.0, api_prefix: str = "$JS.API") -> None:
         self._nc = nc
         self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self.batch = max(1, batch)
@@ -60,9 +66,20 @@ class Puller:
         self.received = 0
         self.error: BaseException | None = None
         self._unanswered = False  # a request got 503: nothing serves the consumer's subject
+        self.max_bytes = max(1, max_bytes)
+        self.reserved = 0  # bytes requested and not yet received (by the server's count)
+        self.unsettled = 0  # bytes received and not yet released
+        self._held: dict[str, int] = {}  # reply subject -> bytes, until released
+        self._requests = 0  # requests out; each ends with a status, as it carries max_bytes
+        self._alone = False  # the next message is larger than a request's share: ask alone
+        self.disconnects = 0  # connections lost (any cause), seen by the reconnect counter
+        self.dead_connections = 0  # connections found dead (no heartbeat, no PONG)
+        self._dead_at: float | None = None  # when the last dead connection was found
 
     async def start(self) -> None:
         """Subscribe the inbox and issue the first request."""
+        _natsio.install_parser(self._nc)  # hostile subjects reach amebus, not a dead reader
+        _natsio.last_error(self._nc)  # start recording why connections are lost
         self._inbox = self._nc.new_inbox()
         # The requests bound what can arrive, so nats-py's slow-consumer limits must not drop.
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg,
@@ -106,22 +123,55 @@ class Puller:
                     self._waiters.remove(waiter)
                 raise
         msg = self.buffer.popleft()
-        if self.pending + len(self.buffer) <= self.limit // 2 and not self.closed:
+        if self._due()[0] and not self.closed:
             await self.refill()
         return msg
 
+    async def release(self, msg: Msg) -> None:
+        """``msg`` is settled: its bytes leave the budget (once; unknown messages are ignored)."""
+        size = self._held.pop(msg.reply, None) if msg.reply else None
+        if size is not None:
+            self.unsettled -= size
+            if self._due()[0] and not self.closed:
+                await self.refill()
+
+    def _due(self) -> tuple[int, int]:
+        """(messages, bytes) of the request to send now; (0, 0) when none is due.
+
+        A request asks for at least half the count window and half the byte budget (no
+        trickle of tiny requests), so two requests overlap; a message larger than half the
+        budget is asked for alone once no other request is out.
+        """
+        if self._alone:
+            if self._requests:
+                return 0, 0
+            max_payload = int(getattr(self._nc, "max_payload", 0) or 0)
+            return 1, max(self.max_bytes, 2 * max_payload + 65536)
+        count = self.limit - self.pending - len(self.buffer)
+        share = (self.max_bytes + 1) // 2
+        room = self.max_bytes - self.reserved - self.unsettled
+        if count < self.limit - self.limit // 2 or room < share:
+            return 0, 0
+        return count, share
+
     async def refill(self) -> None:
-        """Request enough messages to bring outstanding plus buffered up to the limit."""
-        want = self.limit - self.pending - len(self.buffer)
-        if want <= 0 or self.closed or not self._nc.is_connected:
+        """Send the request that is due (by count and by bytes), if any."""
+        if self.closed or not self._nc.is_connected:
             return
-        body = json.dumps({"batch": want, "expires": self._expires_ns,
+        want, nbytes = self._due()
+        if not want:
+            return
+        body = json.dumps({"batch": want, "max_bytes": nbytes, "expires": self._expires_ns,
                            "idle_heartbeat": int(self._heartbeat * 1e9)}).encode()
         self.pending += want
+        self.reserved += nbytes
+        self._requests += 1
         try:
             await self._nc.publish(self._next_subject, body, reply=self._inbox)
         except Exception as exc:  # disconnected: the monitor reissues once reconnected
             self.pending -= want
+            self.reserved -= nbytes
+            self._requests -= 1
             log.debug("pull request failed: %r", exc)
 
     async def _on_msg(self, msg: Msg) -> None:
@@ -132,23 +182,48 @@ class Puller:
             return
         if self.pending:
             self.pending -= 1
+        self._count_bytes(msg)
         self.received += 1  # the monitor notices that something arrived
         self.buffer.append(msg)
         if self._waiters:
             self._wake(everyone=False)
+
+    def _count_bytes(self, msg: Msg) -> None:
+        """Move a message's bytes from requested to held (sized as the server counts them)."""
+        size = len(msg.subject) + len(msg.reply) + len(msg.data)
+        if msg.headers:
+            size += 12 + sum(len(k) + len(v) + 4 for k, v in msg.headers.items())
+        self.reserved = max(0, self.reserved - size)
+        if msg.reply:
+            self.unsettled += size - self._held.get(msg.reply, 0)
+            self._held[msg.reply] = size
+        self._alone = False
+
+    def _request_ended(self, left_bytes: int | None) -> None:
+        """A request ended; the server says how many of its bytes it did not use."""
+        self._requests -= 1
+        if left_bytes is not None:
+            self.reserved = max(0, self.reserved - left_bytes)
+        if self._requests <= 0 or left_bytes is None:  # none out (or unknown): start afresh
+            self._requests = self.pending = self.reserved = 0
 
     async def _on_status(self, headers: dict[str, str]) -> None:
         status = headers.get("Status", "")
         if status == "100":  # idle heartbeat
             return
         if status == "503":  # no responders: the consumer is gone, or JetStream is not back yet
-            self.pending = 0  # no refill here (each 503 would send another request at once):
-            self._unanswered = True  # the monitor checks the consumer, then retries
+            self._request_ended(None)  # no refill here (each 503 would send another request
+            self._unanswered = True  # at once): the monitor checks the consumer, then retries
             return
         cancelled = headers.get("Nats-Pending-Messages")
         if cancelled is not None:
             self.pending = max(0, self.pending - int(cancelled))
+        left = headers.get("Nats-Pending-Bytes")
         description = headers.get("Description", "")
+        if description == "Message Size Exceeds MaxBytes" and int(left or 0) >= (
+                self.max_bytes + 1) // 2:  # nothing fitted a whole share: the next message
+            self._alone = True  # is larger than half the budget; it is asked for alone
+        self._request_ended(int(left) if left is not None else None)  # every status ends one
         if status == "409" and description.lower() in ("consumer deleted",
                                                        "consumer is push based"):
             from amebus.errors import ConfigurationError
@@ -160,7 +235,6 @@ class Puller:
             return
         if status not in ("404", "408") and cancelled is None:
             log.debug("pull status %s %s", status, description)
-            self.pending = 0  # the request ended; do not wait for it
         await self.refill()
 
     def _wake(self, *, everyone: bool = True) -> None:
@@ -205,12 +279,66 @@ class Puller:
                     return
             if self.received != received:
                 received, self._last_seen = self.received, time.monotonic()
+                if self._dead_at is not None:
+                    log.warning("handling resumes on %s: messages arrive again, %.1fs after the "
+                                "dead connection was found", self._next_subject,
+                                time.monotonic() - self._dead_at)
+                    self._dead_at = None
             reconnects = self._nc.stats["reconnects"]
             silent = time.monotonic() - self._last_seen > 2 * self._heartbeat
-            lost = reconnects != self._reconnects or (silent and self.pending > 0)
+            if silent and self._requests > 0 and self._nc.is_connected and not await self._pong():
+                if not await self._replace():
+                    return
+                continue
+            if reconnects != self._reconnects and self._nc.is_connected:
+                self._reconnected(reconnects - self._reconnects)
+            lost = reconnects != self._reconnects or (silent and self._requests > 0)
             if lost and self._nc.is_connected:
                 self._reconnects = reconnects
                 self._last_seen = time.monotonic()
-                self.pending = 0
-            if self.pending + len(self.buffer) <= self.limit // 2:
+                self._request_ended(None)
+            if self._due()[0]:
                 await self.refill()
+
+    async def _pong(self) -> bool:
+        """True if the server answers a PING within a heartbeat period (or it is not ours to
+        judge: the connection is already reconnecting)."""
+        try:
+            await self._nc.flush(timeout=max(1, round(self._heartbeat)))
+        except Exception:
+            return not self._nc.is_connected
+        return True
+
+    async def _replace(self) -> bool:
+        """The connection is dead: make nats-py replace it; False when serving must stop."""
+        self.dead_connections += 1
+        self._dead_at = time.monotonic()
+        quiet = 2 * self._heartbeat
+        if not _natsio.reconnects_allowed(self._nc):
+            msg = (f"the connection to NATS is dead (no idle heartbeat on {self._next_subject!r} "
+                   f"for {quiet:g}s, no PONG within {self._heartbeat:g}s) and it was made with "
+                   f"allow_reconnect=False, so it cannot be replaced and serving stops; connect "
+                   f"with max_reconnect_attempts=-1 to have amebus reconnect instead")
+            log.error("%s", msg)
+            self.error = ConnectionError(msg)
+            self._wake()
+            await _natsio.replace_connection(self._nc)  # nats-py closes it, as its pings would
+            return False
+        log.warning("the connection to NATS is dead: no idle heartbeat on %s for %gs and no "
+                    "PONG within %gs; dropping it and reconnecting", self._next_subject, quiet,
+                    self._heartbeat)
+        if not await _natsio.replace_connection(self._nc):
+            log.warning("this nats-py cannot be told to reconnect; its own pings will find the "
+                        "dead connection after %ss", _natsio.detection_seconds(self._nc))
+        self._last_seen = time.monotonic()
+        return True
+
+    def _reconnected(self, times: int) -> None:
+        self.disconnects += times
+        cause = _natsio.last_error(self._nc)
+        log.warning("the connection to NATS was lost and replaced (%s); reissuing the pull "
+                    "requests of %s%s", f"{type(cause).__name__}: {cause}" if cause else
+                    "no cause reported", self._next_subject,
+                    "" if self._dead_at is not None else
+                    "; if the server log says 'Slow Consumer Detected', lower "
+                    "max_bytes_in_flight or the messages' size")
