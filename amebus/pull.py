@@ -20,6 +20,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from amebus import _natsio
+from amebus._health import ConnectionHealth
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -72,9 +73,7 @@ class Puller:
         self._held: dict[str, int] = {}  # reply subject -> bytes, until released
         self._requests = 0  # requests out; each ends with a status, as it carries max_bytes
         self._alone = False  # the next message is larger than a request's share: ask alone
-        self.disconnects = 0  # connections lost (any cause), seen by the reconnect counter
-        self.dead_connections = 0  # connections found dead (no heartbeat, no PONG)
-        self._dead_at: float | None = None  # when the last dead connection was found
+        self.health = ConnectionHealth(nc, self._next_subject, heartbeat)
 
     async def start(self) -> None:
         """Subscribe the inbox and issue the first request."""
@@ -279,19 +278,20 @@ class Puller:
                     return
             if self.received != received:
                 received, self._last_seen = self.received, time.monotonic()
-                if self._dead_at is not None:
-                    log.warning("handling resumes on %s: messages arrive again, %.1fs after the "
-                                "dead connection was found", self._next_subject,
-                                time.monotonic() - self._dead_at)
-                    self._dead_at = None
+                self.health.arrived()
             reconnects = self._nc.stats["reconnects"]
             silent = time.monotonic() - self._last_seen > 2 * self._heartbeat
-            if silent and self._requests > 0 and self._nc.is_connected and not await self._pong():
-                if not await self._replace():
+            if silent and self._requests > 0 and self._nc.is_connected and not await (
+                    self.health.answers()):
+                self._last_seen = time.monotonic()
+                error = await self.health.replace()
+                if error is not None:
+                    self.error = error
+                    self._wake()
                     return
                 continue
             if reconnects != self._reconnects and self._nc.is_connected:
-                self._reconnected(reconnects - self._reconnects)
+                self.health.reconnected(reconnects - self._reconnects)
             lost = reconnects != self._reconnects or (silent and self._requests > 0)
             if lost and self._nc.is_connected:
                 self._reconnects = reconnects
@@ -299,46 +299,3 @@ class Puller:
                 self._request_ended(None)
             if self._due()[0]:
                 await self.refill()
-
-    async def _pong(self) -> bool:
-        """True if the server answers a PING within a heartbeat period (or it is not ours to
-        judge: the connection is already reconnecting)."""
-        try:
-            await self._nc.flush(timeout=max(1, round(self._heartbeat)))
-        except Exception:
-            return not self._nc.is_connected
-        return True
-
-    async def _replace(self) -> bool:
-        """The connection is dead: make nats-py replace it; False when serving must stop."""
-        self.dead_connections += 1
-        self._dead_at = time.monotonic()
-        quiet = 2 * self._heartbeat
-        if not _natsio.reconnects_allowed(self._nc):
-            msg = (f"the connection to NATS is dead (no idle heartbeat on {self._next_subject!r} "
-                   f"for {quiet:g}s, no PONG within {self._heartbeat:g}s) and it was made with "
-                   f"allow_reconnect=False, so it cannot be replaced and serving stops; connect "
-                   f"with max_reconnect_attempts=-1 to have amebus reconnect instead")
-            log.error("%s", msg)
-            self.error = ConnectionError(msg)
-            self._wake()
-            await _natsio.replace_connection(self._nc)  # nats-py closes it, as its pings would
-            return False
-        log.warning("the connection to NATS is dead: no idle heartbeat on %s for %gs and no "
-                    "PONG within %gs; dropping it and reconnecting", self._next_subject, quiet,
-                    self._heartbeat)
-        if not await _natsio.replace_connection(self._nc):
-            log.warning("this nats-py cannot be told to reconnect; its own pings will find the "
-                        "dead connection after %ss", _natsio.detection_seconds(self._nc))
-        self._last_seen = time.monotonic()
-        return True
-
-    def _reconnected(self, times: int) -> None:
-        self.disconnects += times
-        cause = _natsio.last_error(self._nc)
-        log.warning("the connection to NATS was lost and replaced (%s); reissuing the pull "
-                    "requests of %s%s", f"{type(cause).__name__}: {cause}" if cause else
-                    "no cause reported", self._next_subject,
-                    "" if self._dead_at is not None else
-                    "; if the server log says 'Slow Consumer Detected', lower "
-                    "max_bytes_in_flight or the messages' size")

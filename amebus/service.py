@@ -308,7 +308,8 @@ def _read_engine(stats: ServiceStats, consumer: JetStreamConsumer, puller: Pulle
     stats.received, stats.skipped = puller.received, consumer.skipped
     stats.in_flight, stats.buffered = consumer.in_flight, len(puller.buffer)
     stats.bytes_in_flight = puller.unsettled
-    stats.disconnects, stats.dead_connections = puller.disconnects, puller.dead_connections
+    stats.disconnects = puller.health.disconnects
+    stats.dead_connections = puller.health.dead_connections
 
 
 def _positive_int(cls: type[Service], name: str, value: Any) -> int:
