@@ -210,7 +210,9 @@ class Service(metaclass=ServiceMeta):
             cls = type(self)
             codec = Codec(cls.converter) if cls.converter is not None else default_codec
             handlers = {r.name: _Bound(r, self, codec) for r in cls.routes}
-            matcher = Matcher((h.route.tokens, h) for h in handlers.values())
+            matcher: Matcher[Handler] = Matcher(
+                ((h.route.tokens, h) for h in handlers.values()),
+                hostile=_Unroutable(cls.__name__))
             bound = self.__dict__["_amebus_bound"] = (matcher.match, handlers)
         return bound[0]
 
@@ -302,6 +304,23 @@ class Service(metaclass=ServiceMeta):
                     await stop_pulling()
             _read_engine(self.stats, consumer, puller)  # keep the final counts
             del self.__dict__["_amebus_live"]
+
+
+class _Unroutable:
+    """The handler of a subject no route can mean (control characters, or bytes that were not
+    UTF-8): it fails as ``NoRouteError``, so the message is termed (and dead-lettered)."""
+
+    def __init__(self, owner: str) -> None:
+        self.name = "(unroutable subject)"
+        self.stats = RouteStats()
+        self.timeout: float | None = None
+        self.owner = owner
+        self.run: Callable[[Msg], Awaitable[Any]] = self._fail
+
+    async def _fail(self, msg: Msg) -> Any:
+        error = (f"no route of {self.owner} can handle subject {msg.subject!r}: it holds "
+                 f"control characters or bytes that are not UTF-8")
+        raise NoRouteError(error)
 
 
 def _read_engine(stats: ServiceStats, consumer: JetStreamConsumer, puller: Puller) -> None:
