@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 _TESTED = ((2, 9), (2, 16))  # the nats-py versions whose internals this module was checked on
 _ARGS = re.compile(rb"[ \t]+")
+# MSG/HMSG lines split as nats-server writes them: on space or tab (nats-py: any whitespace)
+_MSG = re.compile(rb"MSG[ \t]+([^ \t\r\n]+)[ \t]+(\d+)[ \t]+(?:([^ \t\r\n]+)[ \t]+)?(\d+)\r\n")
+_HMSG = re.compile(rb"HMSG[ \t]+([^ \t\r\n]+)[ \t]+(\d+)[ \t]+(?:([^ \t\r\n]+)[ \t]+)?"
+                   rb"(\d+)[ \t]+(\d+)\r\n")
 
 
 def _version() -> tuple[int, int]:
@@ -180,12 +184,27 @@ def _make_parser() -> type[Any]:
                     await self.nc._process_msg(arg["sid"], arg["subject"], arg["reply"],
                                                payload, hdr)
                     continue
-                head = bytes(self.buf[:5])
-                if head.startswith((b"MSG ", b"MSG\t", b"HMSG ", b"HMSG\t")):
+                if self.buf[0] == 72:  # "H"
+                    found = _HMSG.match(self.buf)
+                    if found is not None:
+                        subject, sid, reply, header, size = found.groups()
+                        self.header_needed = int(header)
+                else:
+                    found = _MSG.match(self.buf)
+                    if found is not None:
+                        subject, sid, reply, size = found.groups()
+                if found is not None:
+                    self.msg_arg = {"subject": subject if subject.isascii() else
+                                    _subject(subject), "sid": int(sid), "reply": reply or b""}
+                    self.needed = int(size)
+                    self.state = p.AWAITING_MSG_PAYLOAD
+                    del self.buf[: found.end()]
+                    continue
+                if self.buf.startswith((b"MSG ", b"MSG\t", b"HMSG ", b"HMSG\t")):
                     end = self.buf.find(b"\r\n")
                     if end < 0:
                         return  # a split buffer: wait for the rest of the line
-                    self._msg_line(bytes(self.buf[:end]))
+                    self._msg_line(bytes(self.buf[:end]))  # malformed: raises
                     del self.buf[: end + 2]
                     continue
                 if not await self._other():

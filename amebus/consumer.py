@@ -140,7 +140,7 @@ class JetStreamConsumer:
         self.skip_unrouted = False
         """Ack (not term) messages no route handles: set when the consumer is unfiltered."""
         self.on_tick: Callable[[float], Awaitable[None]] | None = None
-        self.on_settled: Callable[[Msg], Awaitable[None]] | None = None
+        self.on_settled: Callable[[Msg], None] | None = None
         """Called with every message :meth:`settle` is given (the pull engine's byte budget)."""
 
     # -- running --------------------------------------------------------------------------
@@ -338,7 +338,7 @@ class JetStreamConsumer:
     async def settle(self, msg: Msg, decision: Decision, handler: Handler | None = None) -> None:
         """Send ``decision`` for ``msg`` (once: skipped if the handler settled it itself)."""
         if self.on_settled is not None:
-            await self.on_settled(msg)
+            self.on_settled(msg)
         if not msg.reply or msg.is_acked:  # not JetStream, or the handler settled it itself
             return
         stats = handler.stats if handler is not None else None

@@ -73,6 +73,7 @@ class Puller:
         self._held: dict[str, int] = {}  # reply subject -> bytes, until released
         self._requests = 0  # requests out; each ends with a status, as it carries max_bytes
         self._alone = False  # the next message is larger than a request's share: ask alone
+        self._refilling: asyncio.Task[None] | None = None  # a refill that release() started
         self.health = ConnectionHealth(nc, self._next_subject, heartbeat)
 
     async def start(self) -> None:
@@ -91,6 +92,8 @@ class Puller:
     async def stop(self) -> list[Msg]:
         """Stop requesting, drain the inbox, and return every message not yet taken."""
         self.closed = True
+        if self._refilling is not None:
+            self._refilling.cancel()
         if self._monitor is not None:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -122,17 +125,25 @@ class Puller:
                     self._waiters.remove(waiter)
                 raise
         msg = self.buffer.popleft()
-        if self._due()[0] and not self.closed:
-            await self.refill()
+        if self.pending + len(self.buffer) <= self.limit // 2 and not self.closed:
+            await self.refill()  # half the count window is free: sent if the bytes allow
         return msg
 
-    async def release(self, msg: Msg) -> None:
+    def release(self, msg: Msg) -> None:
         """``msg`` is settled: its bytes leave the budget (once; unknown messages are ignored)."""
-        size = self._held.pop(msg.reply, None) if msg.reply else None
-        if size is not None:
-            self.unsettled -= size
-            if self._due()[0] and not self.closed:
-                await self.refill()
+        size = self._held.pop(msg.reply, None)
+        if size is None:
+            return
+        self.unsettled -= size
+        if (self.pending + len(self.buffer) <= self.limit // 2 and not self.closed
+                and self._due()[0] and self._refilling is None):
+            self._refilling = asyncio.get_running_loop().create_task(self._refill_later())
+
+    async def _refill_later(self) -> None:
+        try:
+            await self.refill()
+        finally:
+            self._refilling = None
 
     def _due(self) -> tuple[int, int]:
         """(messages, bytes) of the request to send now; (0, 0) when none is due.
@@ -189,13 +200,16 @@ class Puller:
 
     def _count_bytes(self, msg: Msg) -> None:
         """Move a message's bytes from requested to held (sized as the server counts them)."""
-        size = len(msg.subject) + len(msg.reply) + len(msg.data)
-        if msg.headers:
-            size += 12 + sum(len(k) + len(v) + 4 for k, v in msg.headers.items())
-        self.reserved = max(0, self.reserved - size)
-        if msg.reply:
-            self.unsettled += size - self._held.get(msg.reply, 0)
-            self._held[msg.reply] = size
+        reply, headers = msg.reply, msg.headers
+        size = len(msg.subject) + len(reply) + len(msg.data)
+        if headers:
+            size += 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())
+        reserved = self.reserved - size
+        self.reserved = reserved if reserved > 0 else 0
+        if reply:
+            held = self._held
+            self.unsettled += size - held.get(reply, 0)
+            held[reply] = size
         self._alone = False
 
     def _request_ended(self, left_bytes: int | None) -> None:
