@@ -1,4 +1,5 @@
-"""Connection health of the pull engine: is a silent connection dead, and replacing it.
+"""Health of the pull engine: is a silent connection dead (then replace it), is the consumer
+still there.
 
 The pull engine calls :meth:`ConnectionHealth.answers` when the server's idle heartbeats
 have stopped while requests are out: a PING bounded in time (``flush``). With no PONG the
@@ -9,6 +10,7 @@ connection is dead (half-open: the network dropped the flow without telling eith
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -18,7 +20,7 @@ from amebus import _natsio
 if TYPE_CHECKING:
     from nats.aio.client import Client
 
-__all__ = ["ConnectionHealth"]
+__all__ = ["ConnectionHealth", "consumer_missing"]
 
 log = logging.getLogger("amebus.pull")
 
@@ -85,3 +87,15 @@ class ConnectionHealth:
             log.warning("handling resumes on %s: messages arrive again, %.1fs after the dead "
                         "connection was found", self._subject, time.monotonic() - self.dead_at)
             self.dead_at = None
+
+
+async def consumer_missing(nc: Client, next_subject: str) -> bool:
+    """True if the server says the consumer (or its stream) of ``next_subject`` (its
+    ``MSG.NEXT`` subject) does not exist."""
+    info = next_subject.replace(".CONSUMER.MSG.NEXT.", ".CONSUMER.INFO.", 1)
+    try:
+        reply = await nc.request(info, b"", timeout=2.0)
+        error = json.loads(reply.data).get("error") or {}
+    except Exception:  # JetStream not answering yet: it may come back
+        return False
+    return error.get("err_code") in (10014, 10059)  # consumer / stream not found

@@ -20,7 +20,8 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from amebus import _natsio
-from amebus._health import ConnectionHealth
+from amebus._health import ConnectionHealth, consumer_missing
+from amebus.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -137,13 +138,8 @@ class Puller:
         self.unsettled -= size
         if (self.pending + len(self.buffer) <= self.limit // 2 and not self.closed
                 and self._due()[0] and self._refilling is None):
-            self._refilling = asyncio.get_running_loop().create_task(self._refill_later())
-
-    async def _refill_later(self) -> None:
-        try:
-            await self.refill()
-        finally:
-            self._refilling = None
+            self._refilling = asyncio.get_running_loop().create_task(self.refill())
+            self._refilling.add_done_callback(lambda _: setattr(self, "_refilling", None))
 
     def _due(self) -> tuple[int, int]:
         """(messages, bytes) of the request to send now; (0, 0) when none is due.
@@ -239,16 +235,24 @@ class Puller:
         self._request_ended(int(left) if left is not None else None)  # every status ends one
         if status == "409" and description.lower() in ("consumer deleted",
                                                        "consumer is push based"):
-            from amebus.errors import ConfigurationError
-
             msg = (f"the pull consumer behind {self._next_subject!r} answered 409 "
                    f"{description!r}; it was deleted or replaced while serving")
-            self.error = ConfigurationError(msg)
-            self._wake()
+            self._stop(ConfigurationError(msg))
+            return
+        if status == "409" and description.startswith("Exceeded MaxRequest"):
+            msg = (f"the pull consumer behind {self._next_subject!r} refuses amebus's pull "
+                   f"requests: 409 {description!r}; lower batch or max_bytes_in_flight, or "
+                   f"raise the consumer's max_request_batch / max_request_max_bytes")
+            self._stop(ConfigurationError(msg))
             return
         if status not in ("404", "408") and cancelled is None:
             log.debug("pull status %s %s", status, description)
         await self.refill()
+
+    def _stop(self, error: BaseException) -> None:
+        """Serving must stop: every waiting worker raises ``error``."""
+        self.error = error
+        self._wake()
 
     def _wake(self, *, everyone: bool = True) -> None:
         """Wake waiting workers: one per new message, or all of them to see an end or error."""
@@ -259,16 +263,6 @@ class Puller:
                 if not everyone:
                     return
 
-    async def _consumer_missing(self) -> bool:
-        """True if the server says the consumer (or its stream) does not exist."""
-        info = self._next_subject.replace(".CONSUMER.MSG.NEXT.", ".CONSUMER.INFO.", 1)
-        try:
-            reply = await self._nc.request(info, b"", timeout=2.0)
-            error = json.loads(reply.data).get("error") or {}
-        except Exception:  # JetStream not answering yet: it may come back
-            return False
-        return error.get("err_code") in (10014, 10059)  # consumer / stream not found
-
     async def _watch(self) -> None:
         """Reissue requests lost to a reconnect, a server restart or an expired request."""
         received = self.received
@@ -277,18 +271,14 @@ class Puller:
             if self._nc.is_closed:  # closed for good (by the user, or by nats-py on an -ERR)
                 msg = (f"the connection was closed while pulling from {self._next_subject!r}; "
                        f"no message can arrive or be settled any more, so serving stops")
-                self.error = ConnectionError(msg)
-                self._wake()
+                self._stop(ConnectionError(msg))
                 return
             if self._unanswered and self._nc.is_connected:
                 self._unanswered = False
-                if await self._consumer_missing():
-                    from amebus.errors import ConfigurationError
-
+                if await consumer_missing(self._nc, self._next_subject):
                     msg = (f"the pull consumer behind {self._next_subject!r} does not exist; "
                            f"it was deleted while serving")
-                    self.error = ConfigurationError(msg)
-                    self._wake()
+                    self._stop(ConfigurationError(msg))
                     return
             if self.received != received:
                 received, self._last_seen = self.received, time.monotonic()
