@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import attrs
 import nats
@@ -154,3 +159,58 @@ async def test_reconnects_off_stops_serve_with_a_clear_error(server: NatsServer)
                     task.result()
         finally:
             await nc.close()
+
+
+@pytest.mark.reliability
+async def test_amebus_run_through_a_half_open_connection(server: NatsServer,
+                                                         tmp_path: Path) -> None:
+    """``amebus run`` (its own connection: pings every 10 s) through the black-holed proxy."""
+    out, err = tmp_path / "handled.txt", tmp_path / "stderr.txt"
+    out.touch()
+    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    env.update(AMEBUS_CLI_TEST_OUT=str(out), PYTHONUNBUFFERED="1")
+    root = Path(__file__).resolve().parent.parent
+    async with TcpProxy(server.port) as proxy:
+        with err.open("wb") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "amebus", "run", "tests.cli_services:Recorder",
+                 "--server", proxy.url], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                stderr=stderr)
+        try:
+            deadline = time.monotonic() + 20
+            while "serving" not in err.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
+                await asyncio.sleep(0.05)
+            producer = await nats.connect(server.url)
+            js = producer.jetstream()
+            published: dict[int, float] = {}
+            seen: dict[int, float] = {}
+            cut = 0.0
+            for n in range(400):  # 20 per second; the cut after 3 s
+                await js.publish(f"cli.ping.{n}", b'{"n": %d}' % n)
+                published[n] = time.monotonic()
+                if n == 60:
+                    assert proxy.blackhole() == 1
+                    cut = time.monotonic()
+                for line in out.read_text().split():
+                    seen.setdefault(int(line), time.monotonic())
+                await asyncio.sleep(0.05)
+            await producer.close()
+            deadline = time.monotonic() + 90
+            while set(seen) != set(published) and time.monotonic() < deadline:
+                for line in out.read_text().split():
+                    seen.setdefault(int(line), time.monotonic())
+                await asyncio.sleep(0.1)
+            resumed = min(when for n, when in seen.items() if published[n] > cut + 1.0)
+            lines = out.read_text().split()
+            print(f"amebus run: resumed {resumed - cut:.1f}s after the cut, {len(published)} "
+                  f"published, {len(lines) - len(set(lines))} duplicates")
+            assert set(published) - set(seen) == set(), "lost"
+            assert resumed - cut < RESUME_WITHIN
+            assert "the connection to NATS is dead" in err.read_text()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
