@@ -19,9 +19,15 @@ from amebus._cli_load import USAGE, CommandError
 if TYPE_CHECKING:
     from nats.aio.client import Client
 
-__all__ = ["close", "connect", "jetstream_error", "server_url"]
+__all__ = ["MAX_OUTSTANDING_PINGS", "PING_INTERVAL", "close", "connect", "jetstream_error",
+           "server_url"]
 
 log = logging.getLogger("amebus.cli")
+
+PING_INTERVAL = 10
+"""Seconds between the client's PINGs on connections ``amebus run`` makes."""
+MAX_OUTSTANDING_PINGS = 2
+"""Unanswered PINGs before nats-py drops the connection: dead within 10 x (2 + 1) = 30 s."""
 
 
 def _connect_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -93,7 +99,10 @@ async def connect(url: str, args: argparse.Namespace, name: str) -> Client:
     nc = Client()
     servers = [s.strip() for s in url.split(",") if s.strip()]
     attempt = asyncio.create_task(nc.connect(
+        # ping_interval 10 s x (2 + 1): nats-py finds a dead connection within 30 s by itself
+        # (its defaults, 120 s x 3, take 6 minutes; docs/deployment.md)
         servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=1,
+        ping_interval=PING_INTERVAL, max_outstanding_pings=MAX_OUTSTANDING_PINGS,
         connect_timeout=max(1, round(args.connect_timeout)), error_cb=on_error,
         disconnected_cb=on_disconnected, reconnected_cb=on_reconnected, **options))
     watch = asyncio.create_task(refused.wait())

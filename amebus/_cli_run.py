@@ -90,9 +90,11 @@ def _status_line(service: Service, rate: float, pending: str) -> str:
     stats = service.stats
     total = stats.total()
     skipped = f" | skipped {stats.skipped}" if stats.skipped else ""
+    lost = (f" | connection lost {stats.disconnects}x ({stats.dead_connections} found dead)"
+            if stats.disconnects or stats.dead_connections else "")
     return (f"{rate:.1f} msg/s | acked {total.acked} | naked {total.naked} | termed "
             f"{total.termed} | dead-lettered {total.dead_lettered}{skipped} | in flight "
-            f"{stats.in_flight} | pending {pending}")
+            f"{stats.in_flight} | pending {pending}{lost}")
 
 
 async def _report_status(service: Service, js: JetStreamContext, stream: str, durable: str,

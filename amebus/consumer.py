@@ -211,6 +211,8 @@ class JetStreamConsumer:
         checked before parsing the reply: set by ``serve``."""
         self.observer: Observer | None = None
         """Told where each delivery starts, ends and is settled (None: nothing is called)."""
+        self.on_settled: Callable[[Msg], None] | None = None
+        """Called with every message :meth:`settle` is given (the pull engine's byte budget)."""
 
     # -- running --------------------------------------------------------------------------
 
@@ -495,6 +497,8 @@ class JetStreamConsumer:
         """Send ``decision`` for ``msg`` (once: skipped if the handler settled it itself)."""
         if self.observer is not None:
             self.observer.settled(msg, decision, handler)
+        if self.on_settled is not None:
+            self.on_settled(msg)
         if not msg.reply or msg.is_acked:  # not JetStream, or the handler settled it itself
             return
         if decision.action == "term" and decision.reason:

@@ -34,7 +34,11 @@ class Matcher(Generic[T]):
     ('paid', 'any', None)
     """
 
-    def __init__(self, entries: Iterable[tuple[Sequence[str], T]] = ()) -> None:
+    def __init__(self, entries: Iterable[tuple[Sequence[str], T]] = (), *,
+                 hostile: T | None = None) -> None:
+        """``hostile``: the value for a subject no pattern can mean (control characters, or
+        bytes that were not UTF-8), whatever the patterns; by default None."""
+        self.hostile = hostile
         self._root: _Node[T] = _Node()
         self._exact: dict[str, T] = {}
         for pattern, value in entries:
@@ -62,7 +66,15 @@ class Matcher(Generic[T]):
         exact = self._exact.get(subject)
         if exact is not None:
             return exact
+        if not subject.isprintable() and _hostile(subject):
+            return self.hostile  # not even under a wildcard: no publisher of ours wrote it
         return _search(self._root, subject.split("."), 0)
+
+
+def _hostile(subject: str) -> bool:
+    """A control character, or bytes that were not UTF-8 (escaped as lone surrogates by the
+    connection's parser, amebus._natsio)."""
+    return any(ch < " " or ch == "\x7f" or "\ud800" <= ch <= "\udfff" for ch in subject)
 
 
 def _search(node: _Node[T], tokens: list[str], index: int) -> T | None:

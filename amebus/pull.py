@@ -2,8 +2,11 @@
 
 Not nats-py's ``fetch()`` (a task, a timer and a uuid per message). One subscription with a
 callback fills a buffer; requests are refilled before it runs dry, bounded so that no more
-messages are held than can be started soon; idle heartbeats and the connection's reconnect
-counter tell when requests were lost, and they are reissued.
+messages are held than can be started soon, and bounded in bytes: every request carries
+``max_bytes``, and the bytes requested plus the bytes received and not yet settled stay under
+``max_bytes_in_flight`` (a message larger than that is requested alone). Idle heartbeats and
+the connection's reconnect counter tell when requests were lost, and they are reissued; when
+heartbeats stop and a PING gets no PONG, the connection is dead and is replaced.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ import logging
 import time
 from collections import deque
 from typing import TYPE_CHECKING
+
+from amebus import _natsio
+from amebus._health import ConnectionHealth, consumer_missing
+from amebus.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -34,14 +41,15 @@ class Puller:
         stream: the stream name.
         durable: the durable consumer name.
         batch: the most messages held (outstanding in requests plus buffered).
+        max_bytes: the most bytes requested plus received and not yet released (settled).
         expires: seconds a pull request lives on the server.
         heartbeat: seconds between the server's idle heartbeats on a waiting request.
         api_prefix: the JetStream API prefix (``$JS.API``).
     """
 
     def __init__(self, nc: Client, stream: str, durable: str, *, batch: int = 512,
-                 expires: float = 30.0, heartbeat: float = 5.0,
-                 api_prefix: str = "$JS.API") -> None:
+                 max_bytes: int = 16 * 1024 * 1024, expires: float = 30.0,
+                 heartbeat: float = 5.0, api_prefix: str = "$JS.API") -> None:
         self._nc = nc
         self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self.batch = max(1, batch)
@@ -63,9 +71,19 @@ class Puller:
         self._unanswered = False  # a request got 503: nothing serves the consumer's subject
         self.urgent_at = 0  # deliveries from which a message jumps the queue (0: never)
         self.first_reply = f"$JS.ACK.{stream}.{durable}.1."  # a first delivery's reply prefix
+        self.max_bytes = max(1, max_bytes)
+        self.reserved = 0  # bytes requested and not yet received (by the server's count)
+        self.unsettled = 0  # bytes received and not yet released
+        self._held: dict[str, int] = {}  # reply subject -> bytes, until released
+        self._requests = 0  # requests out; each ends with a status, as it carries max_bytes
+        self._alone = False  # the next message is larger than a request's share: ask alone
+        self._refilling: asyncio.Task[None] | None = None  # a refill that release() started
+        self.health = ConnectionHealth(nc, self._next_subject, heartbeat)
 
     async def start(self) -> None:
         """Subscribe the inbox and issue the first request."""
+        _natsio.install_parser(self._nc)  # hostile subjects reach amebus, not a dead reader
+        _natsio.last_error(self._nc)  # start recording why connections are lost
         self._inbox = self._nc.new_inbox()
         # The requests bound what can arrive, so nats-py's slow-consumer limits must not drop.
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg,
@@ -90,6 +108,8 @@ class Puller:
     async def stop(self) -> list[Msg]:
         """Stop requesting, drain the inbox, and return every message not yet taken."""
         self.closed = True
+        if self._refilling is not None:
+            self._refilling.cancel()
         if self._monitor is not None:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -122,21 +142,57 @@ class Puller:
                 raise
         msg = self.buffer.popleft()
         if self.pending + len(self.buffer) <= self.limit // 2 and not self.closed:
-            await self.refill()
+            await self.refill()  # half the count window is free: sent if the bytes allow
         return msg
 
-    async def refill(self) -> None:
-        """Request enough messages to bring outstanding plus buffered up to the limit."""
-        want = self.limit - self.pending - len(self.buffer)
-        if want <= 0 or self.closed or not self._nc.is_connected:
+    def release(self, msg: Msg) -> None:
+        """``msg`` is settled: its bytes leave the budget (once; unknown messages are ignored)."""
+        size = self._held.pop(msg.reply, None)
+        if size is None:
             return
-        body = json.dumps({"batch": want, "expires": self._expires_ns,
+        self.unsettled -= size
+        if (self.pending + len(self.buffer) <= self.limit // 2 and not self.closed
+                and self._due()[0] and self._refilling is None):
+            self._refilling = asyncio.get_running_loop().create_task(self.refill())
+            self._refilling.add_done_callback(lambda _: setattr(self, "_refilling", None))
+
+    def _due(self) -> tuple[int, int]:
+        """(messages, bytes) of the request to send now; (0, 0) when none is due.
+
+        A request asks for at least half the count window and half the byte budget (no
+        trickle of tiny requests), so two requests overlap; a message larger than half the
+        budget is asked for alone once no other request is out.
+        """
+        if self._alone:
+            if self._requests:
+                return 0, 0
+            max_payload = int(getattr(self._nc, "max_payload", 0) or 0)
+            return 1, max(self.max_bytes, 2 * max_payload + 65536)
+        count = self.limit - self.pending - len(self.buffer)
+        share = (self.max_bytes + 1) // 2
+        room = self.max_bytes - self.reserved - self.unsettled
+        if count < self.limit - self.limit // 2 or room < share:
+            return 0, 0
+        return count, share
+
+    async def refill(self) -> None:
+        """Send the request that is due (by count and by bytes), if any."""
+        if self.closed or not self._nc.is_connected:
+            return
+        want, nbytes = self._due()
+        if not want:
+            return
+        body = json.dumps({"batch": want, "max_bytes": nbytes, "expires": self._expires_ns,
                            "idle_heartbeat": int(self._heartbeat * 1e9)}).encode()
         self.pending += want
+        self.reserved += nbytes
+        self._requests += 1
         try:
             await self._nc.publish(self._next_subject, body, reply=self._inbox)
         except Exception as exc:  # disconnected: the monitor reissues once reconnected
             self.pending -= want
+            self.reserved -= nbytes
+            self._requests -= 1
             log.debug("pull request failed: %r", exc)
 
     async def _on_msg(self, msg: Msg) -> None:
@@ -147,6 +203,7 @@ class Puller:
             return
         if self.pending:
             self.pending -= 1
+        self._count_bytes(msg)
         self.received += 1  # the monitor notices that something arrived
         if (self.urgent_at and not msg.reply.startswith(self.first_reply)
                 and _delivery(msg.reply) >= self.urgent_at):
@@ -156,31 +213,65 @@ class Puller:
         if self._waiters:
             self._wake(everyone=False)
 
+    def _count_bytes(self, msg: Msg) -> None:
+        """Move a message's bytes from requested to held (sized as the server counts them)."""
+        reply, headers = msg.reply, msg.headers
+        size = len(msg.subject) + len(reply) + len(msg.data)
+        if headers:
+            size += 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())
+        reserved = self.reserved - size
+        self.reserved = reserved if reserved > 0 else 0
+        if reply:
+            held = self._held
+            self.unsettled += size - held.get(reply, 0)
+            held[reply] = size
+        self._alone = False
+
+    def _request_ended(self, left_bytes: int | None) -> None:
+        """A request ended; the server says how many of its bytes it did not use."""
+        self._requests -= 1
+        if left_bytes is not None:
+            self.reserved = max(0, self.reserved - left_bytes)
+        if self._requests <= 0 or left_bytes is None:  # none out (or unknown): start afresh
+            self._requests = self.pending = self.reserved = 0
+
     async def _on_status(self, headers: dict[str, str]) -> None:
         status = headers.get("Status", "")
         if status == "100":  # idle heartbeat
             return
         if status == "503":  # no responders: the consumer is gone, or JetStream is not back yet
-            self.pending = 0  # no refill here (each 503 would send another request at once):
-            self._unanswered = True  # the monitor checks the consumer, then retries
+            self._request_ended(None)  # no refill here (each 503 would send another request
+            self._unanswered = True  # at once): the monitor checks the consumer, then retries
             return
         cancelled = headers.get("Nats-Pending-Messages")
         if cancelled is not None:
             self.pending = max(0, self.pending - int(cancelled))
+        left = headers.get("Nats-Pending-Bytes")
         description = headers.get("Description", "")
+        if description == "Message Size Exceeds MaxBytes" and int(left or 0) >= (
+                self.max_bytes + 1) // 2:  # nothing fitted a whole share: the next message
+            self._alone = True  # is larger than half the budget; it is asked for alone
+        self._request_ended(int(left) if left is not None else None)  # every status ends one
         if status == "409" and description.lower() in ("consumer deleted",
                                                        "consumer is push based"):
-            from amebus.errors import ConfigurationError
-
             msg = (f"the pull consumer behind {self._next_subject!r} answered 409 "
                    f"{description!r}; it was deleted or replaced while serving")
-            self.error = ConfigurationError(msg)
-            self._wake()
+            self._stop(ConfigurationError(msg))
+            return
+        if status == "409" and description.startswith("Exceeded MaxRequest"):
+            msg = (f"the pull consumer behind {self._next_subject!r} refuses amebus's pull "
+                   f"requests: 409 {description!r}; lower batch or max_bytes_in_flight, or "
+                   f"raise the consumer's max_request_batch / max_request_max_bytes")
+            self._stop(ConfigurationError(msg))
             return
         if status not in ("404", "408") and cancelled is None:
             log.debug("pull status %s %s", status, description)
-            self.pending = 0  # the request ended; do not wait for it
         await self.refill()
+
+    def _stop(self, error: BaseException) -> None:
+        """Serving must stop: every waiting worker raises ``error``."""
+        self.error = error
+        self._wake()
 
     def _wake(self, *, everyone: bool = True) -> None:
         """Wake waiting workers: one per new message, or all of them to see an end or error."""
@@ -191,16 +282,6 @@ class Puller:
                 if not everyone:
                     return
 
-    async def _consumer_missing(self) -> bool:
-        """True if the server says the consumer (or its stream) does not exist."""
-        info = self._next_subject.replace(".CONSUMER.MSG.NEXT.", ".CONSUMER.INFO.", 1)
-        try:
-            reply = await self._nc.request(info, b"", timeout=2.0)
-            error = json.loads(reply.data).get("error") or {}
-        except Exception:  # JetStream not answering yet: it may come back
-            return False
-        return error.get("err_code") in (10014, 10059)  # consumer / stream not found
-
     async def _watch(self) -> None:
         """Reissue requests lost to a reconnect, a server restart or an expired request."""
         received = self.received
@@ -209,30 +290,38 @@ class Puller:
             if self._nc.is_closed:  # closed for good (by the user, or by nats-py on an -ERR)
                 msg = (f"the connection was closed while pulling from {self._next_subject!r}; "
                        f"no message can arrive or be settled any more, so serving stops")
-                self.error = ConnectionError(msg)
-                self._wake()
+                self._stop(ConnectionError(msg))
                 return
             if self._unanswered and self._nc.is_connected:
                 self._unanswered = False
-                if await self._consumer_missing():
-                    from amebus.errors import ConfigurationError
-
+                if await consumer_missing(self._nc, self._next_subject):
                     msg = (f"the pull consumer behind {self._next_subject!r} does not exist; "
                            f"it was deleted while serving")
-                    self.error = ConfigurationError(msg)
-                    self._wake()
+                    self._stop(ConfigurationError(msg))
                     return
             if self.received != received:
                 received, self._last_seen = self.received, time.monotonic()
                 self._heard = self._last_seen
+                self.health.arrived()
             reconnects = self._nc.stats["reconnects"]
             silent = time.monotonic() - self._last_seen > 2 * self._heartbeat
-            lost = reconnects != self._reconnects or (silent and self.pending > 0)
+            if silent and self._requests > 0 and self._nc.is_connected and not await (
+                    self.health.answers()):
+                self._last_seen = time.monotonic()
+                error = await self.health.replace()
+                if error is not None:
+                    self.error = error
+                    self._wake()
+                    return
+                continue
+            if reconnects != self._reconnects and self._nc.is_connected:
+                self.health.reconnected(reconnects - self._reconnects)
+            lost = reconnects != self._reconnects or (silent and self._requests > 0)
             if lost and self._nc.is_connected:
                 self._reconnects = reconnects
                 self._last_seen = time.monotonic()
-                self.pending = 0
-            if self.pending + len(self.buffer) <= self.limit // 2:
+                self._request_ended(None)
+            if self._due()[0]:
                 await self.refill()
 
 

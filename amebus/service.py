@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 
 _SETTINGS = tuple(f.name for f in attrs.fields(Settings))
 _SERVE_OPTIONS = ("stream", "durable", "stream_subjects", "max_ack_pending", "batch",
-                  "server_filter", "new_routes", *_SETTINGS, "dead_letter_stream")
+                  "max_bytes_in_flight", "server_filter", "new_routes", *_SETTINGS,
+                  "dead_letter_stream")
 
 
 @attrs.define
@@ -55,6 +56,9 @@ class ServiceStats:
         skipped: messages of an unfiltered consumer that no route handles (acked unhandled).
         in_flight: handlers running now.
         buffered: messages pulled and not yet started.
+        bytes_in_flight: bytes pulled and not yet settled (bounded by ``max_bytes_in_flight``).
+        disconnects: connections lost and replaced while serving (any cause).
+        dead_connections: connections amebus found dead (no heartbeat, no PONG) and replaced.
     """
 
     routes: dict[str, RouteStats] = attrs.Factory(dict)
@@ -62,6 +66,9 @@ class ServiceStats:
     skipped: int = 0
     in_flight: int = 0
     buffered: int = 0
+    bytes_in_flight: int = 0
+    disconnects: int = 0
+    dead_connections: int = 0
 
     def total(self) -> RouteStats:
         """The sum of every route's counters."""
@@ -164,6 +171,10 @@ class Service(metaclass=ServiceMeta):
             ``dead_letter_subject`` when no stream captures it.
         shutdown_timeout: seconds running handlers get to finish when serving stops (10).
         batch: the most messages held by the pull engine (512).
+        max_bytes_in_flight: the most bytes pulled and not yet settled (16 MiB): a quarter of
+            nats-server's per-client ``max_pending`` (64 MB), past which the server cuts the
+            connection as a slow consumer; peak memory grows with it. A message larger than
+            half of it is pulled alone (docs/configuration.md).
         server_filter: ``"routes"``: the consumer filters on ``filter_subjects``, so unrouted
             subjects never arrive; ``"stream"``: the consumer takes the whole stream and
             unrouted messages are acked unhandled (counted in ``stats.skipped``); ``"auto"``
@@ -193,6 +204,7 @@ class Service(metaclass=ServiceMeta):
     shutdown_timeout: ClassVar[float] = 10.0
     server_max_deliver: ClassVar[int | None] = None
     batch: ClassVar[int] = 512
+    max_bytes_in_flight: ClassVar[int] = 16 * 1024 * 1024
     server_filter: ClassVar[str] = "auto"
     new_routes: ClassVar[str] = "replay"
     converter: ClassVar[Any] = None
@@ -202,6 +214,7 @@ class Service(metaclass=ServiceMeta):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _settings(cls, {})  # configuration mistakes fail at class creation
+        _positive_int(cls, "max_bytes_in_flight", cls.max_bytes_in_flight)
 
     # -- the Processor protocol --------------------------------------------------------------
 
@@ -219,7 +232,9 @@ class Service(metaclass=ServiceMeta):
             cls = type(self)
             codec = Codec(cls.converter) if cls.converter is not None else default_codec
             handlers = {r.name: _Bound(r, self, codec) for r in cls.routes}
-            matcher = Matcher((h.route.tokens, h) for h in handlers.values())
+            matcher: Matcher[Handler] = Matcher(
+                ((h.route.tokens, h) for h in handlers.values()),
+                hostile=_Unroutable(cls.__name__))
             bound = self.__dict__["_amebus_bound"] = (matcher.match, handlers)
         return bound[0]
 
@@ -299,11 +314,15 @@ class Service(metaclass=ServiceMeta):
         batch = max(option["batch"], 2 * settings.concurrency)  # keep every worker fed
         if option["max_ack_pending"] > 0:
             batch = min(batch, option["max_ack_pending"])  # the server delivers no more anyway
-        puller = Puller(nc, stream, durable, batch=batch, api_prefix=api_prefix)
+        puller = Puller(nc, stream, durable, batch=batch, api_prefix=api_prefix,
+                        max_bytes=_positive_int(cls, "max_bytes_in_flight",
+                                                option["max_bytes_in_flight"]))
+        _warn_slow_pings(nc)
         # A message on the server's last delivery goes to the front: run before anything else.
         puller.urgent_at = max(consumer.limits.server_max_deliver, 0)
         consumer.first_reply = puller.first_reply
         await puller.start()
+        consumer.on_settled = puller.release  # settled messages leave the byte budget
         consumer.on_tick = _Ticker(consumer, puller, settings).tick
         self.__dict__["_amebus_live"] = (consumer, puller)
         background: list[asyncio.Task[Any]] = []
@@ -377,9 +396,53 @@ def _effective(cls: type[Service], settings: Settings, config: Any) -> Settings:
     return settings
 
 
+class _Unroutable:
+    """The handler of a subject no route can mean (control characters, or bytes that were not
+    UTF-8): it fails as ``NoRouteError``, so the message is termed (and dead-lettered)."""
+
+    def __init__(self, owner: str) -> None:
+        self.name = "(unroutable subject)"
+        self.stats = RouteStats()
+        self.timeout: float | None = None
+        self.owner = owner
+        self.run: Callable[[Msg], Awaitable[Any]] = self._fail
+
+    async def _fail(self, msg: Msg) -> Any:
+        error = (f"no route of {self.owner} can handle subject {msg.subject!r}: it holds "
+                 f"control characters or bytes that are not UTF-8")
+        raise NoRouteError(error)
+
+
 def _read_engine(stats: ServiceStats, consumer: JetStreamConsumer, puller: Puller) -> None:
     stats.received, stats.skipped = puller.received, consumer.skipped
     stats.in_flight, stats.buffered = consumer.in_flight, len(puller.buffer)
+    stats.bytes_in_flight = puller.unsettled
+    stats.disconnects = puller.health.disconnects
+    stats.dead_connections = puller.health.dead_connections
+
+
+def _positive_int(cls: type[Service], name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        msg = (f"{cls.__name__}.{name} = {value!r}: give a positive whole number of bytes "
+               f"(for example 16 * 1024 * 1024)")
+        raise ConfigurationError(msg)
+    return value
+
+
+def _warn_slow_pings(nc: Client) -> None:
+    """One WARNING per connection that would take minutes to notice it is dead by itself."""
+    from amebus import _natsio
+
+    seconds = _natsio.detection_seconds(nc)
+    if seconds is None or seconds <= 60 or getattr(nc, "_amebus_warned", False):
+        return
+    with contextlib.suppress(Exception):
+        nc._amebus_warned = True  # type: ignore[attr-defined]
+    log.warning("this NATS connection notices a dead server only after %.0fs by itself "
+                "(ping_interval x (max_outstanding_pings + 1)); amebus checks the connections "
+                "it pulls on, but publishing and acking on a dead one fail silently until then: "
+                "connect with ping_interval=10, max_outstanding_pings=2 (docs/deployment.md)",
+                seconds)
 
 
 class _Ticker:

@@ -43,6 +43,7 @@ def test_quick_benchmark_runs_and_verifies(tmp_path: Path) -> None:
     ("benchmarks.publish", "ratio publish_many / publish_async"),
     ("benchmarks.concurrency", "concurrency messages"),
     ("benchmarks.routing", "target: >= 50x faster than the scan"),
+    ("benchmarks.large", "server 'Slow Consumer' lines: 0"),
 ])
 def test_other_benchmarks_run(module: str, expected: str) -> None:
     done = subprocess.run([sys.executable, "-m", module, "--quick"], cwd=ROOT,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from amebus.testing.cluster import NatsCluster
 from amebus.testing.harness import Outcome, ServiceHarness
+from amebus.testing.proxy import TcpProxy
 from amebus.testing.server import NatsServer, find_server_binary
 
-__all__ = ["NatsCluster", "NatsServer", "Outcome", "ServiceHarness", "find_server_binary"]
+__all__ = ["NatsCluster", "NatsServer", "Outcome", "ServiceHarness", "TcpProxy",
+           "find_server_binary"]

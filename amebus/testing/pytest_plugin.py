@@ -5,8 +5,8 @@ Loaded through the ``pytest11`` entry point of the installed amebus distribution
 - ``nats_server``: one server for the whole session; never stop, kill or restart it.
 - ``nats_server_fresh``: a server of the test's own, free to kill and restart.
 - ``nats_url``: the session server's URL.
-- ``nc`` / ``js``: a client connected to the session server (reconnecting forever) and its
-  JetStream context; drained and closed after the test.
+- ``nc`` / ``js``: a client connected to the session server (reconnecting forever, pinging
+  every 10 s) and its JetStream context; drained and closed after the test.
 - ``unique_name``: ``unique_name()`` returns ``"T3f9a0c1b2d"``, ``unique_name("ORDERS")``
   returns ``"ORDERS_3f9a0c1b2d"``; use it for streams and durables on the shared server.
 
@@ -69,6 +69,8 @@ async def nc(nats_url: str) -> AsyncIterator[Client]:
         connect_timeout=2,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.05,
+        ping_interval=10,  # a dead connection is found within 30 s (docs/deployment.md)
+        max_outstanding_pings=2,
     )
     try:
         yield client
