@@ -235,6 +235,9 @@ async def _send_many(js: JetStreamContext, items: list[tuple[str, bytes, dict[st
     for index, item in enumerate(items):
         try:
             _check_size(nc, *item)
+        except SubjectError as err:  # over the control line: the server would close it too
+            msg = f"events[{index}]: {err}; nothing was published"
+            raise SubjectError(msg) from None
         except PublishError as err:  # too large: the server would close the connection
             msg = f"events[{index}]: {err}; nothing of the batch was published"
             raise PublishError(msg, subject=err.subject) from None
