@@ -605,3 +605,14 @@ async def test_a_handler_swallowing_every_cancellation_is_redelivered(
         await settled(js, space, last)
         assert not task.done()
     assert len(cancels) >= 2  # the watchdog kept cancelling
+
+
+async def test_serve_refuses_dead_letters_in_a_consumed_interest_stream(
+        js: JetStreamContext, space: Space) -> None:
+    from nats.js.api import RetentionPolicy, StreamConfig
+
+    await js.add_stream(StreamConfig(name=space.stream, subjects=[space.subject(">")],
+                                     retention=RetentionPolicy.INTEREST))
+    with pytest.raises(amebus.ConfigurationError, match="whose retention is 'interest'"):
+        await order_service(Recorder(), None).serve(js, **space.options(
+            dead_letter_subject=space.subject("dead"), stream_subjects=None))
