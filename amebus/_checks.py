@@ -13,10 +13,14 @@ from typing import Any
 
 import attrs
 
-from amebus.errors import SubjectError, check_delay
+from amebus.errors import MAX_DELAY, SubjectError, check_delay
 from amebus.subjects import validate_literal, validate_pattern
 
-__all__ = ["check_options", "delays", "integer", "optional_seconds", "seconds", "subject"]
+__all__ = ["ACK_WAIT_MAX", "check_options", "delays", "integer", "optional_seconds", "seconds",
+           "subject"]
+
+ACK_WAIT_MAX = MAX_DELAY
+"""The server keeps ``ack_wait`` as int64 nanoseconds too."""
 
 _NAME_CHARS = ">*. /\\\t\r\n"  # nats-py 2.16's _INVALID_NAME_CHARS (nats.go's rule too)
 _MAX_NAME = 255
@@ -32,14 +36,18 @@ def _number(name: str, value: object, fix: str) -> float:
     return float(value)
 
 
-def seconds(*, minimum: float = 0.0, strict: bool = False) -> Any:
-    """A validator: a finite number of seconds, ``> minimum`` if strict else ``>= minimum``."""
+def seconds(*, minimum: float = 0.0, strict: bool = False, maximum: float | None = None) -> Any:
+    """A validator: a finite number of seconds, ``> minimum`` if strict else ``>= minimum``,
+    and at most ``maximum`` when given."""
 
     def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
         bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        if maximum is not None:
+            bound += f" and <= {maximum:.0f}"
         fix = f"give seconds {bound} as a number, like {attribute.default!r}"
         number = _number(attribute.name, value, fix)
-        if number < minimum or (strict and number == minimum):
+        if (number < minimum or (strict and number == minimum)
+                or (maximum is not None and number > maximum)):
             msg = f"{attribute.name} is {value!r}; {fix}"
             raise ValueError(msg)
 

@@ -65,7 +65,8 @@ class Settings:
     """How messages are run and settled (the ``Service`` class attributes of the same names)."""
 
     concurrency: int = attrs.field(default=1, validator=_checks.integer(minimum=1))
-    ack_wait: float = attrs.field(default=30.0, validator=_checks.seconds(strict=True))
+    ack_wait: float = attrs.field(default=30.0, validator=_checks.seconds(
+        strict=True, maximum=_checks.ACK_WAIT_MAX))
     max_deliver: int = attrs.field(default=5, validator=_checks.integer(
         minimum=-1, extra=" (0 or -1: unlimited)"))
     backoff: tuple[float, ...] = attrs.field(default=(1.0, 5.0, 30.0, 120.0),

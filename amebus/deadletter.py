@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
+from nats.js.api import RetentionPolicy
 from nats.js.errors import APIError, NotFoundError
 
 from amebus._text import safe_text
@@ -68,12 +69,22 @@ async def check_dead_letter_stream(js: JetStreamContext, owner: str, subject: st
                f"by dead_letter_stream {create!r}; drop dead_letter_stream, or move the "
                f"subject to {create!r}")
         raise ConfigurationError(msg)
+    if name != consumed:
+        return
     looping = [r for r in routes if matches(validate_pattern(r), subject.split("."))]
-    if name == consumed and looping:
+    if looping:
         msg = (f"{owner}.dead_letter_subject {subject!r} is stored in the consumed stream "
                f"{consumed!r} and matches the route pattern {looping[0]!r}: every copy would "
                f"be handled again, fail and be dead-lettered again; use a subject no route "
                f"matches, or a stream of its own (dead_letter_stream = 'DEAD')")
+        raise ConfigurationError(msg)
+    policy = (await js.stream_info(consumed)).config.retention
+    retention = str(getattr(policy, "value", policy or RetentionPolicy.LIMITS.value))
+    if retention != RetentionPolicy.LIMITS.value:
+        msg = (f"{owner}.dead_letter_subject {subject!r} is stored in the consumed stream "
+               f"{consumed!r}, whose retention is {retention!r}: the copies would be removed "
+               f"once consumed; give the dead letters a stream of their own "
+               f"(dead_letter_stream = 'DEAD')")
         raise ConfigurationError(msg)
 
 

@@ -260,7 +260,8 @@ BAD_SETTINGS = [
     ("stream_subjects", ("order..x",), "empty token"),
     ("batch", 0, "batch is 0"), ("batch", True, "batch is True"),
     ("concurrency", 0, "concurrency is 0"), ("concurrency", 1.5, "concurrency is 1.5"),
-    ("ack_wait", 0, "ack_wait is 0"), ("max_deliver", -2, "max_deliver is -2"),
+    ("ack_wait", 0, "ack_wait is 0"), ("ack_wait", 1e12, "ack_wait is 1000000000000.0"),
+    ("max_deliver", -2, "max_deliver is -2"),
     ("max_ack_pending", 0, "max_ack_pending is 0"), ("shutdown_timeout", -1, "is -1"),
     ("dead_letter_subject", "dead.>", "dead_letter_subject is 'dead.>', a wildcard"),
     ("dead_letter_subject", "dead orders", "a space"),
@@ -604,3 +605,14 @@ async def test_a_handler_swallowing_every_cancellation_is_redelivered(
         await settled(js, space, last)
         assert not task.done()
     assert len(cancels) >= 2  # the watchdog kept cancelling
+
+
+async def test_serve_refuses_dead_letters_in_a_consumed_interest_stream(
+        js: JetStreamContext, space: Space) -> None:
+    from nats.js.api import RetentionPolicy, StreamConfig
+
+    await js.add_stream(StreamConfig(name=space.stream, subjects=[space.subject(">")],
+                                     retention=RetentionPolicy.INTEREST))
+    with pytest.raises(amebus.ConfigurationError, match="whose retention is 'interest'"):
+        await order_service(Recorder(), None).serve(js, **space.options(
+            dead_letter_subject=space.subject("dead"), stream_subjects=None))
