@@ -15,6 +15,7 @@ the sequence, so a crash during the replay resumes it on the next start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import TYPE_CHECKING
@@ -84,8 +85,14 @@ async def catch_up(consumer: JetStreamConsumer, stream: str, durable: str,
         info = await js.add_consumer(stream, config)
         log.warning("%s: added route(s) %s; replaying the stored messages up to stream seq "
                     "%d", durable, added, upto)
-    replayed = await _replay(consumer, stream, name, upto)
-    await js.delete_consumer(stream, name)
+    try:
+        replayed = await _replay(consumer, stream, name, upto)
+    except Exception:  # the catch-up durable stays: the next start resumes the replay
+        log.exception("%s: replaying the added route(s) %s failed; it resumes at the next "
+                      "start", durable, added)
+        return 0
+    with contextlib.suppress(NotFoundError):  # another instance replaying too deleted it
+        await js.delete_consumer(stream, name)
     log.warning("%s: replayed %d stored message(s) of the added route(s) %s", durable,
                 replayed, added)
     return replayed
