@@ -127,9 +127,6 @@ async def test_a_subject_with_a_vertical_tab_is_dead_lettered(
     await _dead_lettered(nats_server, js, space, space.prefix.encode() + b".in.tab\x0bbed")
 
 
-@pytest.mark.xfail(strict=True, reason="the dead-letter headers copy the subject, whose "
-                   "escaped bytes cannot be encoded: text safety is branch 'hostile' (issue 11 "
-                   "item 3); remove this mark once it is merged")
 async def test_a_subject_that_is_not_utf8_is_dead_lettered(
         nats_server: NatsServer, js: JetStreamContext, space: Space) -> None:
     await _dead_lettered(nats_server, js, space, space.prefix.encode() + b".in.bad\xff")
