@@ -19,7 +19,7 @@ import time
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 __all__ = ["ENV_VAR", "HOST", "NatsServer", "find_server_binary", "free_ports"]
 
@@ -212,7 +212,12 @@ class NatsServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                **self._popen_options(),
             )
+
+    def _popen_options(self) -> dict[str, Any]:
+        """Extra ``subprocess.Popen`` arguments for the server process (none here)."""
+        return {}
 
     def _wait_ready(self, deadline: float, timeout: float) -> None:
         """Poll ``/healthz`` until clients can connect and JetStream is up (and current)."""
