@@ -196,6 +196,30 @@ async def _embedded_server(store: str | None) -> NatsServer:
     return server
 
 
+async def _refused(exc: BaseException, js: JetStreamContext, cls: type[Service],
+                   overrides: dict[str, Any]) -> CommandError | None:
+    """The CommandError for a JetStream API refusal while binding, else None."""
+    from nats.js.errors import APIError
+
+    if not isinstance(exc, APIError):
+        return None
+    stream = overrides.get("stream") or cls.stream
+    said = f"the server refused a JetStream request: {exc.description} (err_code {exc.err_code})"
+    if exc.err_code != 10065:  # 10065: subjects overlap with an existing stream
+        return CommandError(said)
+    owners = []
+    for subject in cls.stream_subjects:
+        with contextlib.suppress(Exception):
+            owner = await asyncio.wait_for(js.find_stream_name_by_subject(subject), 2)
+            owners.append(f"stream {owner!r} captures {subject!r}")
+    found = f" ({'; '.join(owners)})" if owners else ""
+    msg = (f"cannot create the stream {stream!r} on {list(cls.stream_subjects)!r}: another "
+           f"stream already captures some of these subjects{found}; serve from that stream "
+           f"(set stream = its name, no stream_subjects) or choose subjects no other stream "
+           f"captures")
+    return CommandError(msg)
+
+
 async def _serve(service: Service, nc: Client, url: str, overrides: dict[str, Any],
                  args: argparse.Namespace, console: Console | None, stopper: _Stopper) -> int:
     cls = type(service)
@@ -224,7 +248,7 @@ async def _serve(service: Service, nc: Client, url: str, overrides: dict[str, An
     if exc is not None:
         if isinstance(exc, AmebusError | ConnectionError):  # ConnectionError: closed for good
             raise CommandError(str(exc)) from None
-        raise jetstream_error(exc, url) or exc
+        raise jetstream_error(exc, url) or await _refused(exc, js, cls, overrides) or exc
     total = service.stats.total()
     say(f"stopped: handled {total.handled} (acked {total.acked}, naked {total.naked}, termed "
          f"{total.termed}, dead-lettered {total.dead_lettered})")

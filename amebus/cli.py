@@ -90,6 +90,7 @@ def _routes(args: argparse.Namespace) -> int:
 # -- publish --------------------------------------------------------------------------------
 
 async def _publish(args: argparse.Namespace) -> int:
+    from nats.errors import MaxPayloadError
     from nats.errors import TimeoutError as NatsTimeout
     from nats.js.errors import APIError, NoStreamResponseError
 
@@ -121,6 +122,11 @@ async def _publish(args: argparse.Namespace) -> int:
     except NoStreamResponseError:
         msg = (f"no JetStream stream captures the subject {args.subject!r}, so nothing was "
                f"stored; create a stream whose subjects include it")
+        raise CommandError(msg) from None
+    except MaxPayloadError:
+        msg = (f"the message to {args.subject!r} is {len(payload)} bytes, over the server's "
+               f"max_payload of {nc.max_payload} bytes; nothing was sent: send less, or raise "
+               f"max_payload in the server's config")
         raise CommandError(msg) from None
     except NatsTimeout:
         msg = (f"no ack for {args.subject!r} within {args.timeout:g}s; the server may or may "

@@ -92,3 +92,14 @@ not_a_service = 42
 
 class Plain:
     """A class that is not a Service."""
+
+
+class Overlapping(amebus.Service):
+    """Creates a stream whose subjects overlap Recorder's stream CLI (``cli.>``)."""
+
+    stream = "CLI_PINGS"
+    stream_subjects = ("cli.ping.*",)
+
+    @amebus.Route(Ping)
+    async def ping(self, event: Ping) -> None:
+        """Never called: the server refuses the stream."""
