@@ -207,13 +207,14 @@ async def _refused(exc: BaseException, js: JetStreamContext, cls: type[Service],
     said = f"the server refused a JetStream request: {exc.description} (err_code {exc.err_code})"
     if exc.err_code != 10065:  # 10065: subjects overlap with an existing stream
         return CommandError(said)
+    subjects = list(cls.stream_subjects or ())
     owners = []
-    for subject in cls.stream_subjects:
+    for subject in subjects:
         with contextlib.suppress(Exception):
             owner = await asyncio.wait_for(js.find_stream_name_by_subject(subject), 2)
             owners.append(f"stream {owner!r} captures {subject!r}")
     found = f" ({'; '.join(owners)})" if owners else ""
-    msg = (f"cannot create the stream {stream!r} on {list(cls.stream_subjects)!r}: another "
+    msg = (f"cannot create the stream {stream!r} on {subjects!r}: another "
            f"stream already captures some of these subjects{found}; serve from that stream "
            f"(set stream = its name, no stream_subjects) or choose subjects no other stream "
            f"captures")
