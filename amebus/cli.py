@@ -3,6 +3,7 @@
     amebus run module.path:ServiceClass [--server URL] [--concurrency N] ...
     amebus routes module.path:ServiceClass [--json]
     amebus publish SUBJECT [PAYLOAD | -] --server URL
+    amebus asyncapi module.path:ServiceClass [--title T] [--api-version V] [--server URL]
 
 Only the command line (this module and its ``_cli_*`` helpers) configures logging and installs
 signal handlers; the library never does.
@@ -84,6 +85,18 @@ def _routes(args: argparse.Namespace) -> int:
         print(("  " + "  ".join(cells)).rstrip())
     print(f"filter subjects: {', '.join(cls.filter_subjects) or '(none)'} "
           f"(server_filter {cls.server_filter!r})")
+    return 0
+
+
+# -- asyncapi -------------------------------------------------------------------------------
+
+def _asyncapi(args: argparse.Namespace) -> int:
+    from amebus.asyncapi import asyncapi_document
+
+    cls = service_class(args.target)
+    document = asyncapi_document(cls, title=args.title, version=args.api_version,
+                                 server=args.server)
+    print(json.dumps(document, indent=2))
     return 0
 
 
@@ -193,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     routes.add_argument("target", metavar="module.path:ServiceClass")
     routes.add_argument("--json", action="store_true", help="machine-readable output")
 
+    spec = sub.add_parser("asyncapi", help="print an AsyncAPI 3.0 document of a service",
+                          description="Print an AsyncAPI 3.0 document (JSON) of the service's "
+                          "routes and event payloads.")
+    spec.add_argument("target", metavar="module.path:ServiceClass")
+    spec.add_argument("--title", help="info.title (default: the class name)")
+    spec.add_argument("--api-version", default="0.0.0", metavar="V",
+                      help="info.version, the version of the service's API (0.0.0)")
+    spec.add_argument("--server", metavar="URL", help="a NATS URL to list under servers")
+
     publish = sub.add_parser("publish", parents=[conn], help="publish one message to JetStream",
                              description="Publish one message and print the stream's ack. "
                              "Needs --server or NATS_URL.")
@@ -226,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": lambda a: asyncio.run(_cli_run.run(a, console)),
         "routes": _routes,
+        "asyncapi": _asyncapi,
         "publish": lambda a: asyncio.run(_publish(a)),
     }
     try:

@@ -247,6 +247,14 @@ class Service(metaclass=ServiceMeta):
         finally:
             self.__dict__["_amebus_serving"] = False
 
+    def running(self, js: JetStreamContext | Client, *, ready_timeout: float = 30.0,
+                **overrides: Any) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:
+        """``async with service.running(js):`` serves in a task while the block runs: it
+        starts once ready, and leaving it stops serving gracefully (see amebus.running)."""
+        from amebus.running import running
+
+        return running(self, js, ready_timeout=ready_timeout, **overrides)
+
     async def _serve(self, js: JetStreamContext | Client, ready: asyncio.Event | None,
                      overrides: dict[str, Any]) -> None:
         from amebus.binding import bind_consumer, connection_of
