@@ -28,8 +28,9 @@ async def running(service: Service, js: JetStreamContext | Client, *,
     task; on exit cancel it (running handlers get ``shutdown_timeout`` to finish) and wait.
 
     Raises:
-        what ``serve`` raised, if it failed before it was ready or while the block ran;
         TimeoutError: not ready within ``ready_timeout`` seconds (serving is stopped).
+        Exception: what ``serve`` raised, if it failed before it was ready or while the
+            block ran (``ConfigurationError`` for a missing stream, ...).
     """
     ready = asyncio.Event()
     name = f"amebus-serve-{type(service).__name__}"

@@ -135,9 +135,9 @@ class Service(metaclass=ServiceMeta):
     """Base class of a routed JetStream service.
 
     Declare ``Route`` and ``Router`` attributes and configuration as class attributes; every
-    configuration name can be overridden per call as a keyword of :meth:`serve`.
+    configuration name can be overridden per call as a keyword of ``serve()``.
 
-    Configuration (class attributes):
+    Attributes:
         stream: the stream to consume (required).
         durable: the durable pull consumer's name (default: the class name).
         stream_subjects: if set, the stream is created with these subjects when missing, or
