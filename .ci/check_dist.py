@@ -122,9 +122,10 @@ def main() -> None:
             tar.extractall(work, filter="data")
         tree = work / sdist.name.removesuffix(".tar.gz")
         tests = QUICK if args.sdist_tests == "quick" else []
-        sh(venv_bin / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests,
-           cwd=tree)
-        print(f"sdist tests ({args.sdist_tests}) from {sdist.name}: ok", flush=True)
+        out = sh(venv_bin / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests,
+                 cwd=tree)
+        summary = out.strip().splitlines()[-1] if out.strip() else ""
+        print(f"sdist tests ({args.sdist_tests}) from {sdist.name}: {summary}", flush=True)
 
 
 if __name__ == "__main__":
