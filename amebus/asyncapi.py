@@ -63,12 +63,23 @@ def json_schema(annotation: Any, schemas: dict[str, Any]) -> dict[str, Any]:
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return {"enum": [member.value for member in annotation]}
     if isinstance(annotation, type) and attrs.has(annotation):
-        name = annotation.__name__
+        name = _key(annotation, schemas)
         if name not in schemas:
-            schemas[name] = {}  # a recursive class refers to itself while being built
-            schemas[name] = _object_schema(annotation, schemas)
+            schemas[name] = {_CLASS: annotation}  # a recursive class refers to itself
+            schemas[name] = {_CLASS: annotation, **_object_schema(annotation, schemas)}
         return {"$ref": f"#/components/schemas/{name}"}
     return {}  # a type amebus's converter handles by a custom hook: not described
+
+
+_CLASS = "\0class"  # which class a components.schemas entry is of, while building
+
+
+def _key(cls: type[Any], schemas: Mapping[str, Any]) -> str:
+    """The class's name, or its full dotted path (dots as ``_``) if another class has it."""
+    taken = schemas.get(cls.__name__)
+    if taken is None or taken.get(_CLASS) is cls:
+        return cls.__name__
+    return f"{cls.__module__}.{cls.__qualname__}".replace(".", "_")
 
 
 def _object_schema(cls: type[Any], schemas: dict[str, Any]) -> dict[str, Any]:
@@ -115,13 +126,14 @@ def _messages(route: CompiledRoute, schemas: dict[str, Any]) -> dict[str, Any]:
     messages = {}
     for event in route.events:
         event_type = str(getattr(event, "event_type", event.__qualname__))
-        messages[event.__name__] = {
+        payload = json_schema(event, schemas)
+        messages[payload["$ref"].rpartition("/")[2]] = {
             "name": event_type,
             "title": event.__qualname__,
             "contentType": "application/json",
             "headers": {"type": "object", "properties": {
                 EVENT_TYPE_HEADER: {"type": "string", "const": event_type}}},
-            "payload": json_schema(event, schemas),
+            "payload": payload,
         }
     return messages
 
@@ -168,5 +180,7 @@ def asyncapi_document(cls: type[Service], *, title: str | None = None,
         document["servers"] = {"nats": {"host": host, "protocol": "nats"}}
     document.update(channels=channels, operations=operations)
     if schemas:
-        document["components"] = {"schemas": schemas}
+        document["components"] = {"schemas": {
+            name: {k: v for k, v in schema.items() if k != _CLASS}
+            for name, schema in schemas.items()}}
     return document

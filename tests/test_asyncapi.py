@@ -132,3 +132,21 @@ def test_the_command_prints_it_for_the_complete_example() -> None:
     assert errors(document) == []
     assert document["info"]["version"] == "2.0.0"
     assert len(document["operations"]) == 4
+
+
+def test_two_event_classes_of_the_same_name_get_two_schemas() -> None:
+    other: Any = {}
+    exec("import attrs\nfrom amebus import Event\n@attrs.frozen\nclass Shipped(Event):\n"
+         "    subject = 'shop.parcel.lost'\n    parcel: int\n", other)
+    theirs = other["Shipped"]
+
+    async def either(event: Shipped | theirs) -> None: ...  # type: ignore[valid-type]
+
+    cls: Any = type("Parcels", (Service,), {"any": Route("shop.parcel.*", either)})
+    document = asyncapi_document(cls)
+    assert errors(document) == []
+    schemas = document["components"]["schemas"]
+    assert len(schemas) == 2 and schemas["Shipped"]["required"] == ["order_id"]
+    [key] = set(schemas) - {"Shipped"}
+    assert schemas[key]["required"] == ["parcel"]
+    assert set(document["channels"]["any"]["messages"]) == {"Shipped", key}
