@@ -6,6 +6,7 @@ Subclass :class:`Service`, map subject patterns to handlers with :class:`Route` 
 
 from __future__ import annotations
 
+from amebus._version import __version__
 from amebus.codec import Codec, make_converter
 from amebus.consumer import HandlerTimeoutError, JetStreamConsumer, Processor, RouteStats, Settings
 from amebus.errors import (
@@ -52,6 +53,7 @@ __all__ = [
     "Settings",
     "SubjectError",
     "Term",
+    "__version__",
     "make_converter",
     "publish_many",
     "subject_of",

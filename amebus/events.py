@@ -79,6 +79,7 @@ class Event:
 
     def __init_subclass__(cls, *, abstract: bool | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        _check_annotations(cls)  # before @attrs.frozen, which may fail first on field order
         if abstract is not None:  # attrs's slotted rebuild copies it along and passes None
             setattr(cls, _ABSTRACT, bool(abstract))
 
@@ -143,17 +144,35 @@ def _declare(cls: type[Any]) -> _Spec:
     return spec
 
 
+def _annotated_error(cls: type[Any], attribute: str, default: object) -> ConfigurationError:
+    value = "..." if default is attrs.NOTHING else repr(default)
+    kind = "cattrs.Converter" if attribute == "converter" else "str"
+    msg = (f"{cls.__qualname__}.{attribute} is annotated, so attrs made it a field of "
+           f"the payload; write `{attribute}: ClassVar[{kind}] = {value}` or drop the "
+           f"annotation")
+    return ConfigurationError(msg)
+
+
+def _check_annotations(cls: type[Any]) -> None:
+    """The class body annotates ``subject`` (or another class attribute) without ClassVar:
+    refused when the class is created, before attrs turns it into a field (and, with a
+    default before required fields, fails with its own unrelated field-order error)."""
+    annotations = inspect.get_annotations(cls)
+    for attribute in _CLASS_ATTRIBUTES:
+        annotation = annotations.get(attribute)
+        if annotation is None or "ClassVar" in str(annotation):
+            continue
+        default = cls.__dict__.get(attribute, attrs.NOTHING)
+        plain = default is None or isinstance(default, str | int | float | tuple)
+        default = default if plain else attrs.NOTHING  # attrs.field(...): shown as "..."
+        raise _annotated_error(cls, attribute, default)
+
+
 def _check_fields(cls: type[Any]) -> None:
     fields = attrs.fields_dict(cls)
     for attribute in _CLASS_ATTRIBUTES:
         if attribute in fields:
-            field = fields[attribute]
-            value = "..." if field.default is attrs.NOTHING else repr(field.default)
-            kind = "cattrs.Converter" if attribute == "converter" else "str"
-            msg = (f"{cls.__qualname__}.{attribute} is annotated, so attrs made it a field of "
-                   f"the payload; write `{attribute}: ClassVar[{kind}] = {value}` or drop the "
-                   f"annotation")
-            raise ConfigurationError(msg)
+            raise _annotated_error(cls, attribute, fields[attribute].default)
     if "publish" in fields:
         msg = (f"{cls.__qualname__} has a field named 'publish', which hides "
                f"Event.publish(); rename the field")

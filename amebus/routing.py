@@ -126,18 +126,18 @@ class CompiledRoute:
                  "takes", "timeout", "tokens", "with_message")
 
     def __init__(self, route: Route, tokens: tuple[str, ...], name: str,
-                 localns: Mapping[str, Any] | None = None, owner: type[Any] | None = None
-                 ) -> None:
+                 localns: Mapping[str, Any] | None = None, owner: type[Any] | None = None,
+                 is_method: bool | None = None) -> None:
         self.route = route
         self.owner = owner
         self.tokens = tokens
         self.pattern = ".".join(tokens)
         self.name = name
         self.handler = route.handler
-        self.is_method = route.is_method
+        self.is_method = route.is_method if is_method is None else is_method
         self.timeout = route.timeout
         self.takes, self.events, self.with_message = signature(
-            route.handler, is_method=route.is_method, event=route.event, pattern=self.pattern,
+            route.handler, is_method=self.is_method, event=route.event, pattern=self.pattern,
             name=name, localns=localns or {})
         self.event = self.events[0] if len(self.events) == 1 else None
 
@@ -182,11 +182,11 @@ class ServiceMeta(type):
         _bind_names(name, namespace)
         localns = sys._getframe(1).f_locals  # the scope of the class statement, for hints
         cls = super().__new__(mcs, name, bases, namespace, **kwargs)
-        declared: dict[str, Route | Router] = {}
+        declared: dict[str, tuple[Route | Router, str]] = {}
         for klass in reversed(cls.__mro__):
             for attr, value in vars(klass).items():
                 if isinstance(value, (Route, Router)):
-                    declared[attr] = value
+                    declared[attr] = (value, klass.__qualname__)
                 elif value is None:
                     declared.pop(attr, None)
         compiled = _compile(name, declared, localns)
@@ -218,27 +218,47 @@ def _bind_names(owner: str, namespace: dict[str, Any]) -> None:
         value._attr = attr
 
 
-def _flatten(prefix: tuple[str, ...], name: str, member: Route | Router | type[Any]
-             ) -> Iterator[tuple[tuple[str, ...], str, Route, type[Any] | None]]:
+def _defined_in(handler: Any, home: str) -> bool:
+    """A function written in the body of the class ``home``: a method, even when it is
+    placed in a Route or Router instead of being decorated (``Route("paid", _on_paid)``)."""
+    return (inspect.isfunction(handler) and handler.__name__ != "<lambda>"
+            and handler.__qualname__ == f"{home}.{handler.__name__}")
+
+
+def _absolute(route: CompiledRoute) -> bool:
+    """A route of a mounted Service that decodes events declaring their own subjects: an
+    event's subject is absolute, so the route keeps its pattern under the mount's prefix."""
+    from amebus.events import event_pattern
+
+    return bool(route.events) and all(event_pattern(e) is not None for e in route.events)
+
+
+_Flat = tuple[tuple[str, ...], str, Route, "type[Any] | None", bool]
+
+
+def _flatten(prefix: tuple[str, ...], name: str, member: Route | Router | type[Any], home: str
+             ) -> Iterator[_Flat]:
     if isinstance(member, Route):
         if member.handler is None:
             msg = f"route {name} = {member!r} has no handler; give it one"
             raise ConfigurationError(msg)
-        yield prefix + member.tokens, name, member, None
+        method = member.is_method or _defined_in(member.handler, home)
+        yield prefix + member.tokens, name, member, None, method
     elif isinstance(member, Router):
         for key, child in member.members.items():
-            yield from _flatten(prefix + member.tokens, f"{name}.{key}", child)
+            yield from _flatten(prefix + member.tokens, f"{name}.{key}", child, home)
     else:
         for route in member.routes:
             owner = route.owner or (member if route.is_method else None)
-            yield prefix + route.tokens, f"{name}.{route.name}", route.route, owner
+            tokens = route.tokens if _absolute(route) else prefix + route.tokens
+            yield tokens, f"{name}.{route.name}", route.route, owner, route.is_method
 
 
-def _compile(owner: str, declared: Mapping[str, Route | Router], localns: Mapping[str, Any]
-             ) -> list[CompiledRoute]:
+def _compile(owner: str, declared: Mapping[str, tuple[Route | Router, str]],
+             localns: Mapping[str, Any]) -> list[CompiledRoute]:
     by_pattern: dict[tuple[str, ...], CompiledRoute] = {}
-    for attr, member in declared.items():
-        for tokens, name, route, mounted in _flatten((), attr, member):
+    for attr, (member, home) in declared.items():
+        for tokens, name, route, mounted, method in _flatten((), attr, member, home):
             if tokens[-1:] == (">",) and ">" in tokens[:-1]:
                 validate_pattern(join(*tokens))  # raises with the full pattern quoted
             other = by_pattern.get(tokens)
@@ -247,7 +267,7 @@ def _compile(owner: str, declared: Mapping[str, Route | Router], localns: Mappin
                        f"{other.pattern!r}; every pattern needs exactly one route: remove one, "
                        f"or drop the inherited one with `{other.name.split('.')[0]} = None`")
                 raise ConfigurationError(msg)
-            by_pattern[tokens] = CompiledRoute(route, tokens, name, localns, mounted)
+            by_pattern[tokens] = CompiledRoute(route, tokens, name, localns, mounted, method)
     return list(by_pattern.values())
 
 

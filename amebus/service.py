@@ -147,9 +147,9 @@ class Service(metaclass=ServiceMeta):
     """Base class of a routed JetStream service.
 
     Declare ``Route`` and ``Router`` attributes and configuration as class attributes; every
-    configuration name can be overridden per call as a keyword of :meth:`serve`.
+    configuration name can be overridden per call as a keyword of ``serve()``.
 
-    Configuration (class attributes):
+    Attributes:
         stream: the stream to consume (required).
         durable: the durable pull consumer's name (default: the class name).
         stream_subjects: if set, the stream is created with these subjects when missing, or
@@ -282,6 +282,14 @@ class Service(metaclass=ServiceMeta):
             await self._serve(js, ready, overrides)
         finally:
             self.__dict__["_amebus_serving"] = False
+
+    def running(self, js: JetStreamContext | Client, *, ready_timeout: float = 30.0,
+                **overrides: Any) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:
+        """``async with service.running(js):`` serves in a task while the block runs: it
+        starts once ready, and leaving it stops serving gracefully (see amebus.running)."""
+        from amebus.running import running
+
+        return running(self, js, ready_timeout=ready_timeout, **overrides)
 
     async def _serve(self, js: JetStreamContext | Client, ready: asyncio.Event | None,
                      overrides: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
 """The seed's complete JetStream consumer example, translated: an order service.
 
-Run it: ``python examples/orders.py`` (needs ``pip install 'amebus[server]'``). It starts an
-embedded nats-server, serves ``OrderService``, publishes a burst of events and prints what
+Run it: ``python examples/orders.py`` (after ``pip install -e '.[server]'`` in a clone). It
+starts an embedded nats-server, serves ``OrderService``, publishes a burst of events and prints what
 happened to each one: where it was routed, and whether it was acked, retried, termed or
 dead-lettered. It exits in about two seconds.
 

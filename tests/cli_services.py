@@ -129,3 +129,14 @@ class Printer(amebus.Service):
     async def show(self, payload: bytes) -> None:
         print(f"handled {payload.decode()}")
         _record(payload.decode())
+
+
+class Overlapping(amebus.Service):
+    """Creates a stream whose subjects overlap Recorder's stream CLI (``cli.>``)."""
+
+    stream = "CLI_PINGS"
+    stream_subjects = ("cli.ping.*",)
+
+    @amebus.Route(Ping)
+    async def ping(self, event: Ping) -> None:
+        """Never called: the server refuses the stream."""

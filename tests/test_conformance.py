@@ -97,8 +97,12 @@ class TestCoreDelivery:
 
     def test_nats_py_refuses_what_the_server_accepts(self) -> None:
         """Why ``deliveries`` speaks the protocol itself (nats-py 2.16)."""
-        from nats.aio.client import _validate_subject
+        import nats.aio.client
         from nats.errors import BadSubjectError
+
+        _validate_subject = getattr(nats.aio.client, "_validate_subject", None)
+        if _validate_subject is None:  # the floor, nats-py 2.15, does not validate subjects
+            pytest.skip("this nats-py does not validate subjects (2.16 does)")
 
         with pytest.raises(BadSubjectError):
             _validate_subject("order.foo*", strict=True)

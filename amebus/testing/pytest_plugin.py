@@ -1,16 +1,19 @@
 """Pytest fixtures for tests against a real nats-server: a server, a client, names that never clash.
 
-Loaded through the ``pytest11`` entry point of the installed amebus distribution. Fixtures:
+Loaded through the ``pytest11`` entry point of the installed amebus distribution. Every
+fixture name starts with ``amebus_``, so none clashes with a project's own ``nc`` or ``js``:
 
-- ``nats_server``: one server for the whole session; never stop, kill or restart it.
-- ``nats_server_fresh``: a server of the test's own, free to kill and restart.
-- ``nats_url``: the session server's URL.
-- ``nc`` / ``js``: a client connected to the session server (reconnecting forever, pinging
-  every 10 s) and its JetStream context; drained and closed after the test.
-- ``unique_name``: ``unique_name()`` returns ``"T3f9a0c1b2d"``, ``unique_name("ORDERS")``
-  returns ``"ORDERS_3f9a0c1b2d"``; use it for streams and durables on the shared server.
+- ``amebus_nats_server``: one server for the whole session; never stop, kill or restart it.
+- ``amebus_nats_server_fresh``: a server of the test's own, free to kill and restart.
+- ``amebus_nats_url``: the session server's URL.
+- ``amebus_nc`` / ``amebus_js``: a client connected to the session server (reconnecting
+  forever, pinging every 10 s) and its JetStream context; drained and closed after the test.
+- ``amebus_unique_name``: ``amebus_unique_name()`` returns ``"T3f9a0c1b2d"``,
+  ``amebus_unique_name("ORDERS")`` returns ``"ORDERS_3f9a0c1b2d"``; use it for streams,
+  durables and subjects on the shared server.
 
-When a test fails, the tail of every server log it used is added to the report.
+When a test fails, the tail of every server log it used is added to the report, and a
+JetStream API error (nats-py shows it as a bare ``BadRequestError()``) is explained.
 """
 
 from __future__ import annotations
@@ -30,41 +33,42 @@ from amebus.testing.cluster import NatsCluster
 from amebus.testing.server import NatsServer
 
 __all__ = [
-    "js",
-    "nats_server",
-    "nats_server_fresh",
-    "nats_url",
-    "nc",
-    "unique_name",
+    "amebus_js",
+    "amebus_nats_server",
+    "amebus_nats_server_fresh",
+    "amebus_nats_url",
+    "amebus_nc",
+    "amebus_unique_name",
 ]
 
 _LOG_LINES = 40
 
 
 @pytest.fixture(scope="session")
-def nats_server() -> Iterator[NatsServer]:
+def amebus_nats_server() -> Iterator[NatsServer]:
     """A nats-server with JetStream shared by the session; isolate tests by unique names."""
     with NatsServer(name="amebus-session") as server:
         yield server
 
 
 @pytest.fixture
-def nats_server_fresh() -> Iterator[NatsServer]:
+def amebus_nats_server_fresh() -> Iterator[NatsServer]:
     """A nats-server with JetStream for this test alone: kill it, restart it, reconfigure it."""
     with NatsServer() as server:
         yield server
 
 
 @pytest.fixture
-def nats_url(nats_server: NatsServer) -> str:
-    return nats_server.url
+def amebus_nats_url(amebus_nats_server: NatsServer) -> str:
+    """The session server's URL."""
+    return amebus_nats_server.url
 
 
 @pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[Client]:
+async def amebus_nc(amebus_nats_url: str) -> AsyncIterator[Client]:
     """A client of the session server that reconnects forever, 50 ms apart."""
     client = await nats.connect(
-        nats_url,
+        amebus_nats_url,
         name="amebus-test",
         connect_timeout=2,
         max_reconnect_attempts=-1,
@@ -79,12 +83,13 @@ async def nc(nats_url: str) -> AsyncIterator[Client]:
 
 
 @pytest.fixture
-def js(nc: Client) -> JetStreamContext:
-    return nc.jetstream()
+def amebus_js(amebus_nc: Client) -> JetStreamContext:
+    """The JetStream context of ``amebus_nc``."""
+    return amebus_nc.jetstream()
 
 
 @pytest.fixture
-def unique_name() -> Callable[..., str]:
+def amebus_unique_name() -> Callable[..., str]:
     """A factory of names no other test uses: ``unique_name(prefix=None) -> str``."""
 
     def make(prefix: str | None = None) -> str:
@@ -92,6 +97,35 @@ def unique_name() -> Callable[..., str]:
         return f"T{suffix}" if prefix is None else f"{prefix}_{suffix}"
 
     return make
+
+
+# What the shared server's most common refusals mean for a test (JetStream err_code).
+_HINTS = {
+    10065: "another stream on the shared server already captures some of these subjects "
+           "(streams of earlier tests stay); derive the subjects from amebus_unique_name(), "
+           "e.g. f\"{stream.lower()}.>\", or take amebus_nats_server_fresh",
+    10058: "a stream of this name exists with another configuration; name it with "
+           "amebus_unique_name()",
+    10148: "a consumer of this name exists with another configuration; name the durable "
+           "with amebus_unique_name()",
+    10059: "no stream of this name: create it first (streams are not shared between tests)",
+}
+
+
+def _explain(error: BaseException) -> str:
+    """One paragraph for a nats-py APIError: the server's words and what to do."""
+    from nats.js.errors import APIError
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen and not isinstance(error, APIError):
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    if not isinstance(error, APIError):
+        return ""
+    text = (f"{type(error).__name__}: the server answered code {error.code}, err_code "
+            f"{error.err_code}: {error.description!r}.")
+    hint = _HINTS.get(error.err_code or 0)
+    return f"{text} {hint}." if hint else text
 
 
 async def _close(client: Client) -> None:
@@ -109,8 +143,13 @@ async def _close(client: Client) -> None:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Attach the tail of each server log a failed test used to its report."""
+    """Attach the tail of each server log a failed test used to its report, and explain a
+    JetStream API error (whose repr is a bare ``BadRequestError()``)."""
     report = yield
+    if report.failed and call.excinfo is not None:
+        explained = _explain(call.excinfo.value)
+        if explained:
+            report.sections.append(("amebus: the JetStream API refused a request", explained))
     if report.failed:
         for value in getattr(item, "funcargs", {}).values():
             servers = [value] if isinstance(value, NatsServer) else []

