@@ -3,6 +3,7 @@
     amebus run module.path:ServiceClass [--server URL] [--concurrency N] ...
     amebus routes module.path:ServiceClass [--json]
     amebus publish SUBJECT [PAYLOAD | -] --server URL
+    amebus dlq ls|show|replay|purge [module.path:ServiceClass | --stream NAME] ...
 
 Only the command line (this module and its ``_cli_*`` helpers) configures logging and installs
 signal handlers; the library never does.
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from amebus import _cli_run
+from amebus import _cli_dlq, _cli_run
 from amebus._cli_connect import close, connect, server_url
 from amebus._cli_load import USAGE, CommandError, say, service_class
 from amebus.errors import SubjectError
@@ -194,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--msg-id", help="Nats-Msg-Id, for de-duplication")
     publish.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the ack")
     publish.add_argument("--json", action="store_true", help="print the ack as JSON")
+    _cli_dlq.add_parser(sub, conn)
     return parser
 
 
@@ -218,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": lambda a: asyncio.run(_cli_run.run(a, console)),
         "routes": _routes,
         "publish": lambda a: asyncio.run(_publish(a)),
+        "dlq": lambda a: asyncio.run(_cli_dlq.run(a)),
     }
     try:
         return commands[args.command](args)
