@@ -15,6 +15,14 @@ from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
 from amebus.errors import ConfigurationError
+from amebus.provision import (
+    bind_as_is,
+    bind_error_hint,
+    consumer_metadata,
+    deliver_fields,
+    merged_metadata,
+    refuse_foreign,
+)
 from amebus.subjects import covers, validate_pattern
 
 if TYPE_CHECKING:
@@ -67,7 +75,7 @@ def consumer_config(cls: ServiceMeta, options: Mapping[str, Any], durable: str,
     return api.ConsumerConfig(
         durable_name=durable,
         ack_policy=api.AckPolicy.EXPLICIT,
-        deliver_policy=api.DeliverPolicy.ALL,
+        **deliver_fields(options.get("deliver_policy", "all"), cls.__name__),
         ack_wait=float(options["ack_wait"]),
         # One spare delivery beyond amebus's own limit: a failure whose dead-letter copy could
         # not be stored is nak'ed onto it rather than termed or left unsettled.
@@ -75,6 +83,7 @@ def consumer_config(cls: ServiceMeta, options: Mapping[str, Any], durable: str,
         max_ack_pending=int(options["max_ack_pending"]),
         filter_subject=filters[0] if len(filters) == 1 else "",
         filter_subjects=filters if len(filters) > 1 else None,
+        metadata=consumer_metadata(cls),
     )
 
 
@@ -90,6 +99,8 @@ async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping
                f"serve(js, stream='ORDERS')")
         raise ConfigurationError(msg)
     durable = options["durable"] or cls.__name__
+    if options.get("provision", "update") in ("verify", "bind"):  # change nothing
+        return await bind_as_is(js, cls, options, stream, durable)
     stream_config = await _ensure_stream(js, cls, stream, options.get("stream_subjects"))
     filters = server_filters(cls, options["server_filter"], stream_config)
     wanted = consumer_config(cls, options, durable, filters)
@@ -102,19 +113,22 @@ async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping
         changed = [f for f in _UPDATABLE if _norm(getattr(current, f)) != _norm(getattr(wanted, f))]
         if not changed:
             return stream, durable, bool(filters)
+        refuse_foreign(cls, options, stream, durable, current,
+                       [f"{f} {getattr(current, f)!r} -> {getattr(wanted, f)!r}" for f in changed])
         log.warning("%s: updating consumer %s on %s: %s", cls.__name__, durable, stream,
                     ", ".join(f"{f} {getattr(current, f)!r} -> {getattr(wanted, f)!r}"
                               for f in changed))
         # Keep what amebus does not manage (deliver policy, replicas, ...) as the server has it.
-        wanted = current.evolve(**{f: getattr(wanted, f) for f in _UPDATABLE})
+        wanted = current.evolve(**{f: getattr(wanted, f) for f in _UPDATABLE},
+                                metadata=merged_metadata(current, cls))
     try:
         await js.add_consumer(stream, wanted)
     except APIError as exc:
         action = "update" if current is not None else "create"
         msg = (f"the server refused to {action} consumer {durable!r} on stream {stream!r} "
                f"with filter subjects {list(cls.filter_subjects)}: {exc.description} "
-               f"(err_code {exc.err_code}); check that the stream's subjects include every "
-               f"route pattern, or delete the consumer (`nats consumer rm {stream} {durable}`)")
+               f"(err_code {exc.err_code}); "
+               f"{bind_error_hint(exc, cls, options, stream, durable)}")
         raise ConfigurationError(msg) from exc
     return stream, durable, bool(filters)
 

@@ -3,6 +3,7 @@
     amebus run module.path:ServiceClass [--server URL] [--concurrency N] ...
     amebus routes module.path:ServiceClass [--json]
     amebus publish SUBJECT [PAYLOAD | -] --server URL
+    amebus plan module.path:ServiceClass [--provision MODE]
     amebus dlq ls|show|replay|purge [module.path:ServiceClass | --stream NAME] ...
 
 Only the command line (this module and its ``_cli_*`` helpers) configures logging and installs
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from amebus import _cli_dlq, _cli_run
+from amebus import _cli_dlq, _cli_plan, _cli_run
 from amebus._cli_connect import close, connect, server_url
 from amebus._cli_load import USAGE, CommandError, say, service_class
 from amebus.errors import SubjectError
@@ -172,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="handlers run at once (default: the class's)")
     run.add_argument("--stream", help="override the class's stream")
     run.add_argument("--durable", help="override the durable consumer name")
+    run.add_argument("--provision", choices=["update", "adopt", "verify", "bind"],
+                     help="what serving may change on the server (default: the class's)")
     run.add_argument("--store", metavar="DIR",
                      help="JetStream store of the embedded server, kept (default: temporary)")
     run.add_argument("--status-interval", type=float, default=10.0, metavar="SECONDS",
@@ -196,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the ack")
     publish.add_argument("--json", action="store_true", help="print the ack as JSON")
     _cli_dlq.add_parser(sub, conn)
+    _cli_plan.add_parser(sub, conn)
     return parser
 
 
@@ -221,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "routes": _routes,
         "publish": lambda a: asyncio.run(_publish(a)),
         "dlq": lambda a: asyncio.run(_cli_dlq.run(a)),
+        "plan": lambda a: asyncio.run(_cli_plan.run(a)),
     }
     try:
         return commands[args.command](args)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import inspect
 import logging
 import time
@@ -22,6 +23,7 @@ from amebus.consumer import Handler, JetStreamConsumer, RouteStats, Settings
 from amebus.errors import ConfigurationError, DecodeError, NoRouteError
 from amebus.events import EVENT_TYPE_HEADER
 from amebus.matcher import Matcher
+from amebus.provision import check_options
 from amebus.pull import Puller
 from amebus.routing import CompiledRoute, ServiceMeta
 from amebus.tracing import Decision, ErrorTracer
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 
 _SETTINGS = tuple(f.name for f in attrs.fields(Settings))
 _SERVE_OPTIONS = ("stream", "durable", "stream_subjects", "max_ack_pending", "batch",
-                  "server_filter", *_SETTINGS)
+                  "server_filter", "deliver_policy", "provision", *_SETTINGS)
 
 
 @attrs.define
@@ -160,6 +162,14 @@ class Service(metaclass=ServiceMeta):
             filtered consumers with the number of distinct subjects (docs/configuration.md).
         converter: a cattrs converter for this service's events (default: amebus's own).
         error_tracer: receives every failure (default: ``LoggingTracer``).
+        deliver_policy: where a NEW durable starts: ``"all"`` (default: the whole stream),
+            ``"new"`` (only messages stored from now on), ``"last"``, ``"last_per_subject"``,
+            a start sequence (int) or a start time (aware datetime). An existing durable
+            keeps its position (``amebus reset`` moves it).
+        provision: what serving may change on the server: ``"update"`` (default: create what
+            is missing, update what amebus created), ``"adopt"`` (also rewrite a consumer
+            made by others), ``"verify"`` (change nothing, refuse any difference) or
+            ``"bind"`` (change nothing, serve as the server has it). See docs/operations.md.
     """
 
     stream: ClassVar[str | None] = None
@@ -177,6 +187,8 @@ class Service(metaclass=ServiceMeta):
     server_filter: ClassVar[str] = "auto"
     converter: ClassVar[Any] = None
     error_tracer: ClassVar[ErrorTracer | None] = None
+    deliver_policy: ClassVar[str | int | datetime.datetime] = "all"
+    provision: ClassVar[str] = "update"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -357,6 +369,8 @@ def _settings(cls: type[Service], overrides: Mapping[str, Any]) -> Settings:
         msg = (f"{cls.__name__}.serve() got unknown option(s) {sorted(unknown)}; "
                f"valid: {', '.join(_SERVE_OPTIONS)}, error_tracer")
         raise TypeError(msg)
+    check_options(cls.__name__, {name: overrides.get(name, getattr(cls, name))
+                                 for name in ("deliver_policy", "provision")})
     values = {name: overrides.get(name, getattr(cls, name)) for name in _SETTINGS}
     try:
         return Settings(**values)

@@ -92,3 +92,16 @@ not_a_service = 42
 
 class Plain:
     """A class that is not a Service."""
+
+
+class Planned(amebus.Service):
+    """A service `amebus plan` compares with a consumer made by hand (tests/test_provision.py)."""
+
+    stream = "PLAN"
+    durable = "planned"
+    ack_wait = 2.0
+    max_deliver = 3
+
+    @amebus.Route("plan.*.paid")
+    async def paid(self, payload: bytes) -> None:
+        _record(payload.decode())
