@@ -4,6 +4,8 @@
     amebus routes module.path:ServiceClass [--json]
     amebus publish SUBJECT [PAYLOAD | -] --server URL
     amebus plan module.path:ServiceClass [--provision MODE]
+    amebus pause|resume module.path:ServiceClass [--until TIME]
+    amebus reset module.path:ServiceClass --to-seq N | --to-time TIME
     amebus dlq ls|show|replay|purge [module.path:ServiceClass | --stream NAME] ...
 
 Only the command line (this module and its ``_cli_*`` helpers) configures logging and installs
@@ -21,7 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from amebus import _cli_dlq, _cli_plan, _cli_run
+from amebus import _cli_control, _cli_dlq, _cli_plan, _cli_run
 from amebus._cli_connect import close, connect, server_url
 from amebus._cli_load import USAGE, CommandError, say, service_class
 from amebus.errors import SubjectError
@@ -200,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--json", action="store_true", help="print the ack as JSON")
     _cli_dlq.add_parser(sub, conn)
     _cli_plan.add_parser(sub, conn)
+    _cli_control.add_parsers(sub, conn)
     return parser
 
 
@@ -226,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "publish": lambda a: asyncio.run(_publish(a)),
         "dlq": lambda a: asyncio.run(_cli_dlq.run(a)),
         "plan": lambda a: asyncio.run(_cli_plan.run(a)),
+        **dict.fromkeys(("pause", "resume", "reset"),
+                        lambda a: asyncio.run(_cli_control.run(a))),
     }
     try:
         return commands[args.command](args)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import ClassVar
 
 import attrs
@@ -105,3 +106,16 @@ class Planned(amebus.Service):
     @amebus.Route("plan.*.paid")
     async def paid(self, payload: bytes) -> None:
         _record(payload.decode())
+
+
+class Stamped(amebus.Service):
+    """Records ``payload time pid`` per message (tests/test_control.py: pause, two processes)."""
+
+    stream = "STAMP"
+    durable = "stamped"
+    concurrency = 4
+    ack_wait = 5.0
+
+    @amebus.Route("stamp.>")
+    async def stamp(self, payload: bytes) -> None:
+        _record(f"{payload.decode()} {time.time():.6f} {os.getpid()}")

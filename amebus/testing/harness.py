@@ -7,6 +7,7 @@ and the decision is read back from the exact bytes that would go to the server.
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 from collections.abc import Mapping
@@ -40,6 +41,8 @@ class Outcome:
         dead_letters: (subject, payload, headers) copies published to the dead-letter subject.
         failures: what the error tracer received.
         progress: how many in-progress signals were sent while the handler ran.
+        held: True if the consumer was paused: the server would hold the message, so nothing
+            ran (it runs on :meth:`ServiceHarness.resume`, or once the pause has ended).
     """
 
     decision: Decision | None
@@ -48,6 +51,7 @@ class Outcome:
     dead_letters: tuple[tuple[str, bytes, dict[str, str]], ...]
     failures: tuple[Failure, ...]
     progress: int
+    held: bool = False
 
 
 class _Wire:
@@ -114,6 +118,31 @@ class ServiceHarness:
         self.settings: Settings = _settings(type(service), overrides)
         self._tracer = error_tracer or type(service).error_tracer
         self._sequence = 0
+        self._paused_until: datetime.datetime | None = None
+        self.held: list[tuple[Event | str, bytes | None, Mapping[str, str] | None, int]] = []
+        self.released: list[Outcome] = []  # outcomes of held messages run by a later feed
+
+    # -- pause, as the server's consumer pause (amebus.control.pause) ------------------------
+
+    def pause(self, until: datetime.datetime | None = None) -> None:
+        """Pause as ``amebus pause`` would: fed messages are held, not run, until ``until``
+        (an aware datetime; None: until :meth:`resume`)."""
+        if until is not None and until.tzinfo is None:
+            msg = f"until {until!r} has no timezone; give an aware datetime (UTC)"
+            raise ValueError(msg)
+        self._paused_until = until or datetime.datetime.max.replace(tzinfo=datetime.UTC)
+
+    @property
+    def paused(self) -> bool:
+        """True while a pause holds messages (its deadline not yet reached)."""
+        until = self._paused_until
+        return until is not None and datetime.datetime.now(datetime.UTC) < until
+
+    async def resume(self) -> list[Outcome]:
+        """End the pause (if any) and run the held messages in order; their outcomes."""
+        self._paused_until = None
+        held, self.held = self.held, []
+        return [await self.feed(m, p, headers=h, deliveries=d) for m, p, h, d in held]
 
     async def feed(
         self,
@@ -126,8 +155,16 @@ class ServiceHarness:
         """Run one message (an Event, or a subject and its payload bytes) and settle it.
 
         ``deliveries`` is the delivery count the server would report (1 the first time), so
-        the last-delivery rules can be exercised directly.
+        the last-delivery rules can be exercised directly. While :attr:`paused`, the message
+        is held (``Outcome.held``); once a pause's deadline has passed, held messages run
+        first, as the server would deliver them.
         """
+        if self.paused:
+            self.held.append((message, payload, headers, deliveries))
+            return Outcome(decision=None, route=None, published=(), dead_letters=(),
+                           failures=(), progress=0, held=True)
+        if self.held:  # the pause ended by its deadline: the held ones go first
+            self.released.extend(await self.resume())
         if isinstance(message, Event):  # exactly what Event.publish would send
             subject, payload, headers = _prepare(message, None, headers)
         else:
