@@ -181,3 +181,54 @@ class TestPlanAndModes:
                            **space.options(ack_wait=3.0)):
             config = (await js.consumer_info(space.stream, space.durable)).config
         assert config.ack_wait == 3.0
+
+
+class TestBindErrors:
+    """A refused consumer names the real cause, by the server's err_code."""
+
+    async def test_backoff_longer_than_max_deliver(self, js: JetStreamContext,
+                                                   space: Space) -> None:
+        from nats.js.errors import APIError
+
+        from amebus.provision import bind_error_hint
+
+        await js.add_stream(name=space.stream, subjects=[space.subject(">")])
+        with pytest.raises(APIError) as refused:  # the server's own refusal
+            await js.add_consumer(space.stream, ConsumerConfig(
+                durable_name=space.durable, max_deliver=2, backoff=[1.0, 2.0, 3.0]))
+        assert refused.value.err_code == 10116
+        cls = type(make_service(space.subject(">"), []))
+        hint = bind_error_hint(refused.value, cls, {"max_deliver": 2, "backoff": (1, 2, 3)},
+                               space.stream, space.durable)
+        assert hint == ("max_deliver (2) must exceed the number of backoff values (3: "
+                        "(1, 2, 3)); raise max_deliver or give fewer backoff values")
+
+    def test_overlapping_filters_before_2_12(self) -> None:
+        from nats.js.errors import APIError
+
+        from amebus.provision import bind_error_hint
+
+        # nats-server 2.15 accepts overlapping filters, so this refusal is built by hand
+        # with the code and text of nats-server 2.11's.
+        exc = APIError(code=400, err_code=10138,
+                       description="consumer subject filters cannot overlap")
+        cls = type(make_service("orders.>", []))
+        hint = bind_error_hint(exc, cls, {}, "ORDERS", "Ledger")
+        assert "server_filter = 'stream' on Ledger" in hint
+        assert "upgrade nats-server to 2.12 or newer" in hint
+
+    async def test_other_refusals_keep_the_generic_hint(self, js: JetStreamContext,
+                                                        space: Space) -> None:
+        import asyncio
+
+        from nats.js.api import RetentionPolicy
+
+        await js.add_stream(name=space.stream, subjects=[space.subject(">")],
+                            retention=RetentionPolicy.WORK_QUEUE)
+        await js.add_consumer(space.stream, ConsumerConfig(durable_name="other"))
+        service = make_service(space.subject(">"), [])  # a second consumer of the same subjects
+        with pytest.raises(ConfigurationError) as caught:
+            await asyncio.wait_for(service.serve(js, **space.options()), 10)
+        text = str(caught.value)
+        assert "the server refused to create consumer" in text and "err_code 10" in text
+        assert "check that the stream's subjects include every route pattern" in text
