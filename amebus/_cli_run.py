@@ -187,7 +187,7 @@ async def _run_with(service: Service, args: argparse.Namespace, console: Console
                     stopper: _Stopper) -> int:
     cls = type(service)
     overrides: dict[str, Any] = {}
-    for name in ("concurrency", "stream", "durable"):
+    for name in ("concurrency", "stream", "durable", "provision"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     url = server_url(args)

@@ -14,8 +14,17 @@ from nats.aio.client import Client
 from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
-from amebus.catchup import ROUTES_KEY, added_routes, recorded_routes, routes_metadata
+from amebus.catchup import added_routes, recorded_routes, routes_metadata
 from amebus.errors import ConfigurationError
+from amebus.provision import (
+    bind_as_is,
+    bind_error_hint,
+    consumer_metadata,
+    deliver_fields,
+    is_owned,
+    merged_metadata,
+    refuse_foreign,
+)
 from amebus.settlement import server_max_deliver
 from amebus.subjects import covers, validate_pattern
 
@@ -93,7 +102,7 @@ def consumer_config(cls: ServiceMeta, options: Mapping[str, Any], durable: str,
     return api.ConsumerConfig(
         durable_name=durable,
         ack_policy=api.AckPolicy.EXPLICIT,
-        deliver_policy=api.DeliverPolicy.ALL,
+        **deliver_fields(options.get("deliver_policy", "all"), cls.__name__),
         ack_wait=float(options["ack_wait"]),
         # amebus counts handler attempts itself (amebus.attempts); the server's limit is a
         # backstop well above it for deliveries that never reached a handler.
@@ -102,6 +111,7 @@ def consumer_config(cls: ServiceMeta, options: Mapping[str, Any], durable: str,
         max_ack_pending=int(options["max_ack_pending"]),
         filter_subject=filters[0] if len(filters) == 1 else "",
         filter_subjects=filters if len(filters) > 1 else None,
+        metadata=consumer_metadata(cls),
     )
 
 
@@ -120,11 +130,13 @@ async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping
                f"serve(js, stream='ORDERS')")
         raise ConfigurationError(msg)
     durable = options["durable"] or cls.__name__
+    if options.get("provision", "update") in ("verify", "bind"):  # change nothing
+        return await bind_as_is(js, cls, options, stream, durable)
     stream_config = await _ensure_stream(js, cls, stream, options.get("stream_subjects"))
     filters = server_filters(cls, options["server_filter"], stream_config)
     wanted = consumer_config(cls, options, durable, filters)
     routes = list(cls.filter_subjects)
-    wanted.metadata = routes_metadata(routes)
+    wanted.metadata = {**(wanted.metadata or {}), **routes_metadata(routes)}
     widened: tuple[list[str], int] = ([], 0)
     try:
         current_info = await js.consumer_info(stream, durable)
@@ -139,25 +151,29 @@ async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping
             widened = (added, current_info.delivered.stream_seq if not _filters(current) else -1)
         changed = [f for f in _UPDATABLE if _norm(getattr(current, f)) != _norm(getattr(wanted, f))]
         ours = {k: v for k, v in (current.metadata or {}).items() if not k.startswith("_nats")}
-        if ours.get(ROUTES_KEY) != wanted.metadata[ROUTES_KEY]:
-            changed.append("metadata")
-            wanted.metadata = {**ours, **wanted.metadata}
+        if (is_owned(current) or options.get("provision", "update") == "adopt") and any(
+                ours.get(k) != v for k, v in wanted.metadata.items()):
+            changed.append("metadata")  # a consumer made by others keeps its metadata
         if not changed:
             return (stream, durable, bool(filters),
                     _refuse_backoff(cls, stream, durable, current), widened)
+        refuse_foreign(cls, options, stream, durable, current,
+                       [f"{f} {getattr(current, f)!r} -> {getattr(wanted, f)!r}" for f in changed])
         log.warning("%s: updating consumer %s on %s: %s", cls.__name__, durable, stream,
                     ", ".join(f"{f} {getattr(current, f)!r} -> {getattr(wanted, f)!r}"
                               for f in changed))
         # Keep what amebus does not manage (deliver policy, replicas, ...) as the server has it.
-        wanted = current.evolve(**{f: getattr(wanted, f) for f in (*_UPDATABLE, "metadata")})
+        wanted = current.evolve(**{f: getattr(wanted, f) for f in _UPDATABLE},
+                                metadata={**merged_metadata(current, cls),
+                                          **routes_metadata(routes)})
     try:
         info = await js.add_consumer(stream, wanted)
     except APIError as exc:
         action = "update" if current is not None else "create"
         msg = (f"the server refused to {action} consumer {durable!r} on stream {stream!r} "
                f"with filter subjects {list(cls.filter_subjects)}: {exc.description} "
-               f"(err_code {exc.err_code}); check that the stream's subjects include every "
-               f"route pattern, or delete the consumer (`nats consumer rm {stream} {durable}`)")
+               f"(err_code {exc.err_code}); "
+               f"{bind_error_hint(exc, cls, options, stream, durable)}")
         raise ConfigurationError(msg) from exc
     if widened[1] < 0:
         # A filtered durable has scanned past the messages its filter skipped, up to the end of

@@ -5,6 +5,10 @@
     amebus publish SUBJECT [PAYLOAD | -] --server URL
     amebus status [NAME] --server URL
     amebus asyncapi module.path:ServiceClass [--title T] [--api-version V] [--server URL]
+    amebus plan module.path:ServiceClass [--provision MODE]
+    amebus pause|resume module.path:ServiceClass [--until TIME]
+    amebus reset module.path:ServiceClass --to-seq N | --to-time TIME
+    amebus dlq ls|show|replay|purge [module.path:ServiceClass | --stream NAME] ...
 
 Only the command line (this module and its ``_cli_*`` helpers) configures logging and installs
 signal handlers; the library never does.
@@ -21,7 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from amebus import _cli_run, _cli_status
+from amebus import _cli_control, _cli_dlq, _cli_plan, _cli_run, _cli_status
 from amebus._cli_connect import close, connect, server_url
 from amebus._cli_load import USAGE, CommandError, say, service_class
 from amebus._version import __version__
@@ -194,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="handlers run at once (default: the class's)")
     run.add_argument("--stream", help="override the class's stream")
     run.add_argument("--durable", help="override the durable consumer name")
+    run.add_argument("--provision", choices=["update", "adopt", "verify", "bind"],
+                     help="what serving may change on the server (default: the class's)")
     run.add_argument("--store", metavar="DIR",
                      help="JetStream store of the embedded server, kept (default: temporary)")
     run.add_argument("--status-interval", type=float, default=10.0, metavar="SECONDS",
@@ -238,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--wait", type=float, default=1.0, metavar="SECONDS",
                         help="how long to gather replies (1)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    _cli_dlq.add_parser(sub, conn)
+    _cli_plan.add_parser(sub, conn)
+    _cli_control.add_parsers(sub, conn)
     return parser
 
 
@@ -266,6 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "asyncapi": _asyncapi,
         "publish": lambda a: asyncio.run(_publish(a)),
         "status": lambda a: asyncio.run(_cli_status.status(a)),
+        "dlq": lambda a: asyncio.run(_cli_dlq.run(a)),
+        "plan": lambda a: asyncio.run(_cli_plan.run(a)),
+        **dict.fromkeys(("pause", "resume", "reset"),
+                        lambda a: asyncio.run(_cli_control.run(a))),
     }
     try:
         return commands[args.command](args)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import inspect
 import logging
 import time
@@ -24,6 +25,7 @@ from amebus.deadletter import check_dead_letter_stream
 from amebus.errors import ConfigurationError, DecodeError, NoRouteError
 from amebus.events import EVENT_TYPE_HEADER
 from amebus.matcher import Matcher
+from amebus.provision import check_options as check_provision
 from amebus.pull import Puller
 from amebus.routing import CompiledRoute, ServiceMeta
 from amebus.telemetry.observer import ConsumerLag, Serving, check_observer
@@ -42,8 +44,8 @@ log = logging.getLogger(__name__)
 
 _SETTINGS = tuple(f.name for f in attrs.fields(Settings))
 _SERVE_OPTIONS = ("stream", "durable", "stream_subjects", "max_ack_pending", "batch",
-                  "max_bytes_in_flight", "server_filter", "new_routes", *_SETTINGS,
-                  "dead_letter_stream")
+                  "max_bytes_in_flight", "server_filter", "new_routes", "deliver_policy",
+                  "provision", *_SETTINGS, "dead_letter_stream")
 
 
 @attrs.define
@@ -188,6 +190,14 @@ class Service(metaclass=ServiceMeta):
         error_tracer: receives every failure (default: ``LoggingTracer``).
         observer: telemetry told about serving and every delivery (default None: nothing is
             called); see :mod:`amebus.telemetry` (metrics, health, discovery, traces).
+        deliver_policy: where a NEW durable starts: ``"all"`` (default: the whole stream),
+            ``"new"`` (only messages stored from now on), ``"last"``, ``"last_per_subject"``,
+            a start sequence (int) or a start time (aware datetime). An existing durable
+            keeps its position (``amebus reset`` moves it).
+        provision: what serving may change on the server: ``"update"`` (default: create what
+            is missing, update what amebus created), ``"adopt"`` (also rewrite a consumer
+            made by others), ``"verify"`` (change nothing, refuse any difference) or
+            ``"bind"`` (change nothing, serve as the server has it). See docs/operations.md.
     """
 
     stream: ClassVar[str | None] = None
@@ -210,6 +220,8 @@ class Service(metaclass=ServiceMeta):
     converter: ClassVar[Any] = None
     error_tracer: ClassVar[ErrorTracer | None] = None
     observer: ClassVar[Observer | None] = None
+    deliver_policy: ClassVar[str | int | datetime.datetime] = "all"
+    provision: ClassVar[str] = "update"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -522,6 +534,8 @@ def _settings(cls: type[Service], overrides: Mapping[str, Any]) -> Settings:
         msg = f"{cls.__name__}.new_routes is {new_routes!r}; use 'replay' or 'skip'"
         raise ConfigurationError(msg)
     check_observer(cls.__name__, overrides.get("observer", cls.observer))
+    check_provision(cls.__name__, {name: overrides.get(name, getattr(cls, name))
+                                    for name in ("deliver_policy", "provision")})
     values = {name: overrides.get(name, getattr(cls, name)) for name in _SETTINGS}
     try:
         check_options({name: overrides.get(name, getattr(cls, name))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import ClassVar
 
 import attrs
@@ -140,3 +141,29 @@ class Overlapping(amebus.Service):
     @amebus.Route(Ping)
     async def ping(self, event: Ping) -> None:
         """Never called: the server refuses the stream."""
+
+
+class Planned(amebus.Service):
+    """A service `amebus plan` compares with a consumer made by hand (tests/test_provision.py)."""
+
+    stream = "PLAN"
+    durable = "planned"
+    ack_wait = 2.0
+    max_deliver = 3
+
+    @amebus.Route("plan.*.paid")
+    async def paid(self, payload: bytes) -> None:
+        _record(payload.decode())
+
+
+class Stamped(amebus.Service):
+    """Records ``payload time pid`` per message (tests/test_control.py: pause, two processes)."""
+
+    stream = "STAMP"
+    durable = "stamped"
+    concurrency = 4
+    ack_wait = 5.0
+
+    @amebus.Route("stamp.>")
+    async def stamp(self, payload: bytes) -> None:
+        _record(f"{payload.decode()} {time.time():.6f} {os.getpid()}")

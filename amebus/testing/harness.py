@@ -7,6 +7,7 @@ and the decision is read back from the exact bytes that would go to the server.
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 from collections.abc import Mapping
@@ -42,6 +43,8 @@ class Outcome:
         progress: how many in-progress signals were sent while the handler ran.
         skipped: no route handles the subject and the consumer takes the whole stream, so the
             message was acked unhandled (counted in ``stats.skipped`` when serving).
+        held: True if the consumer was paused: the server would hold the message, so nothing
+            ran (it runs on :meth:`ServiceHarness.resume`, or once the pause has ended).
     """
 
     decision: Decision | None
@@ -51,6 +54,7 @@ class Outcome:
     failures: tuple[Failure, ...]
     progress: int
     skipped: bool = False
+    held: bool = False
 
 
 class _Wire:
@@ -130,6 +134,31 @@ class ServiceHarness:
         """Whether the served consumer would filter by route (then unrouted is termed)."""
         self._tracer = error_tracer or type(service).error_tracer
         self._sequence = 0
+        self._paused_until: datetime.datetime | None = None
+        self.held: list[tuple[Event | str, bytes | None, Mapping[str, str] | None, int]] = []
+        self.released: list[Outcome] = []  # outcomes of held messages run by a later feed
+
+    # -- pause, as the server's consumer pause (amebus.control.pause) ------------------------
+
+    def pause(self, until: datetime.datetime | None = None) -> None:
+        """Pause as ``amebus pause`` would: fed messages are held, not run, until ``until``
+        (an aware datetime; None: until :meth:`resume`)."""
+        if until is not None and until.tzinfo is None:
+            msg = f"until {until!r} has no timezone; give an aware datetime (UTC)"
+            raise ValueError(msg)
+        self._paused_until = until or datetime.datetime.max.replace(tzinfo=datetime.UTC)
+
+    @property
+    def paused(self) -> bool:
+        """True while a pause holds messages (its deadline not yet reached)."""
+        until = self._paused_until
+        return until is not None and datetime.datetime.now(datetime.UTC) < until
+
+    async def resume(self) -> list[Outcome]:
+        """End the pause (if any) and run the held messages in order; their outcomes."""
+        self._paused_until = None
+        held, self.held = self.held, []
+        return [await self.feed(m, p, headers=h, deliveries=d) for m, p, h, d in held]
 
     async def feed(
         self,
@@ -142,8 +171,16 @@ class ServiceHarness:
         """Run one message (an Event, or a subject and its payload bytes) and settle it.
 
         ``deliveries`` is the delivery count the server would report (1 the first time), so
-        the last-delivery rules can be exercised directly.
+        the last-delivery rules can be exercised directly. While :attr:`paused`, the message
+        is held (``Outcome.held``); once a pause's deadline has passed, held messages run
+        first, as the server would deliver them.
         """
+        if self.paused:
+            self.held.append((message, payload, headers, deliveries))
+            return Outcome(decision=None, route=None, published=(), dead_letters=(),
+                           failures=(), progress=0, held=True)
+        if self.held:  # the pause ended by its deadline: the held ones go first
+            self.released.extend(await self.resume())
         if isinstance(message, Event):  # exactly what Event.publish would send
             subject, payload, headers = _prepare(message, None, headers)
         else:
