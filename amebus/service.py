@@ -28,7 +28,7 @@ from amebus.matcher import Matcher
 from amebus.provision import check_options as check_provision
 from amebus.pull import Puller
 from amebus.routing import CompiledRoute, ServiceMeta
-from amebus.telemetry.observer import ConsumerLag, Serving, check_observer
+from amebus.telemetry.observer import ConsumerLag, Observers, Serving, check_observer
 from amebus.tracing import ErrorTracer
 
 if TYPE_CHECKING:
@@ -369,7 +369,9 @@ class Service(metaclass=ServiceMeta):
 
         try:
             if observer is not None:
-                consumer.observer = observer  # set first: a failed start is stopped too
+                # Set first (a failed start is stopped too); Observers never lets a call raise.
+                consumer.observer = (observer if isinstance(observer, Observers)
+                                     else Observers(observer))
                 await observer.start(Serving(service=self, nc=nc, stream=stream,
                                              durable=durable, consumer=consumer, puller=puller,
                                              lag=lag))

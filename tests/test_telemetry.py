@@ -17,12 +17,12 @@ from pathlib import Path
 import attrs
 import nats
 import pytest
-from _support import Space, eventually, serving
+from _support import Space, eventually, serving, settled
 from nats.aio.client import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 import amebus
-from amebus.telemetry import Health, Metrics, Observers, publishing
+from amebus.telemetry import BaseObserver, Health, Metrics, Observers, publishing
 from amebus.testing import NatsServer
 from tests.test_cli import Running, wait_handled
 
@@ -363,3 +363,32 @@ async def test_publishes_are_counted_and_timed_by_event_type(nc: Client, space: 
         metrics.uninstrument_publishing()
     assert sample("amebus_published_total", **stored) == 5
     assert publishing.current is None
+
+
+async def test_an_observer_that_raises_never_stops_serving(
+        nc: Client, space: Space, caplog: pytest.LogCaptureFixture) -> None:
+    """Telemetry that raises on every call is logged (once at ERROR) and ignored: every
+    message is still handled and settled as amebus decides."""
+    handled: list[bytes] = []
+
+    class Broken(BaseObserver):
+        def delivery_started(self, msg: object, handler: object) -> None:
+            raise RuntimeError("metrics backend down")
+
+        def settled(self, msg: object, decision: object, handler: object) -> None:
+            raise RuntimeError("metrics backend down")
+
+    class Served(amebus.Service):
+        @amebus.Route(space.subject("in"))
+        async def handle(self, payload: bytes) -> None:
+            handled.append(payload)
+
+    js = nc.jetstream()
+    async with serving(Served(), nc, observer=Broken(), **space.options()):
+        for index in range(5):
+            await js.publish(space.subject("in"), str(index).encode())
+        await eventually(lambda: len(handled) == 5, what="every message handled")
+        await settled(js, space, last_seq=5)
+    errors = [r for r in caplog.records if "observer" in r.getMessage() and r.levelname == "ERROR"]
+    assert len(errors) == 2  # once per failing method
+    assert sorted(handled) == [str(i).encode() for i in range(5)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from amebus._text import safe_text
 from amebus.deadletter import reply_meta
 
 if TYPE_CHECKING:
@@ -46,5 +47,5 @@ def log_settlement(logger: logging.Logger, msg: Msg, decision: Decision,
     else:
         how = outcome
     route = handler.name if handler is not None else "(no route)"
-    logger.log(level, "settled %r (route %s, stream seq %d, delivery %d): %s",
-               msg.subject, route, seq, deliveries, how)
+    logger.log(level, "settled %s (route %s, stream seq %d, delivery %d): %s",
+               safe_text(repr(msg.subject), 1000), route, seq, deliveries, safe_text(how, 1000))

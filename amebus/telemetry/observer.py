@@ -137,7 +137,7 @@ class Observers:
         self.observers = observers
         for name in ("delivery_started", "handler_finished", "failed", "settled"):
             noop = getattr(BaseObserver, name)
-            calls = [getattr(o, name) for o in observers
+            calls = [_guarded(getattr(o, name)) for o in observers
                      if getattr(type(o), name, None) is not noop]
             setattr(self, name, calls[0] if len(calls) == 1 else _fanout(calls))
 
@@ -153,6 +153,24 @@ class Observers:
                 await observer.stop()
             except Exception:
                 log.exception("observer %r failed to stop", observer)
+
+
+def _guarded(call: Callable[..., None]) -> Callable[..., None]:
+    """``call``, never raising: telemetry must not stop a worker or change a settlement. The
+    first failure is logged with its traceback, later ones at DEBUG."""
+    failed = False
+
+    def guarded(*args: Any) -> None:
+        nonlocal failed
+        try:
+            call(*args)
+        except Exception:
+            log.log(logging.DEBUG if failed else logging.ERROR,
+                    "observer %r raised; serving goes on, the message is settled as decided",
+                    call, exc_info=True)
+            failed = True
+
+    return guarded
 
 
 def _fanout(calls: list[Callable[..., None]]) -> Callable[..., None]:
