@@ -119,6 +119,13 @@ async def create_stream(js: JetStreamContext, root: str) -> str:
     return stream
 
 
+def _memstore_miscounts(filters: tuple[str, ...]) -> bool:
+    """One filter with a token that holds ``*`` or ``>`` among other characters: the memory
+    store's ``num_pending`` is wrong for it (see the test below)."""
+    return len(filters) == 1 and any(
+        len(token) > 1 and ("*" in token or ">" in token) for token in filters[0].split("."))
+
+
 class TestDurableConsumer:
     """A durable consumer with a service's ``filter_subjects`` is accepted by the server and
     delivers every subject the service routes, and nothing else."""
@@ -138,7 +145,8 @@ class TestDurableConsumer:
             await js.add_consumer(stream, config)
             expected = [f"{root}.{s}" for s in subjects if cls.resolve(f"{root}.{s}")]
             info = await js.consumer_info(stream, "routed")
-            assert info.num_pending == len(expected), cls.filter_subjects
+            if not _memstore_miscounts(cls.filter_subjects):
+                assert info.num_pending == len(expected), cls.filter_subjects
             received: list[str] = []
             if expected:
                 sub = await js.pull_subscribe_bind("routed", stream)
@@ -146,6 +154,29 @@ class TestDurableConsumer:
                     batch = await sub.fetch(len(expected) - len(received), timeout=2)
                     received += [msg.subject for msg in batch]
             assert Counter(received) == Counter(expected)
+        finally:
+            await js.delete_stream(stream)
+
+    async def test_the_memory_store_miscounts_a_literal_star_token(
+            self, js: JetStreamContext) -> None:
+        """nats-server 2.15.1, memory storage, one filter: ``num_pending`` of the filter
+        ``root.a*`` (``a*`` is a literal token, not a wildcard) also counts ``root.ab``, though
+        only ``root.a*`` is delivered. Found by the property above; file storage and several
+        filters count right. amebus routes by delivery, so only a lag figure is off. If this
+        fails, the server fixed it: drop ``_memstore_miscounts``."""
+        root = fresh_root()
+        stream = await create_stream(js, root)
+        try:
+            for subject in ("a*", "ab"):
+                await js.publish(f"{root}.{subject}", b"")
+            await js.add_consumer(stream, ConsumerConfig(
+                durable_name="star", ack_policy=AckPolicy.EXPLICIT,
+                filter_subjects=[f"{root}.a*"]))
+            info = await js.consumer_info(stream, "star")
+            sub = await js.pull_subscribe_bind("star", stream)
+            batch = await sub.fetch(2, timeout=1)
+            assert [msg.subject for msg in batch] == [f"{root}.a*"]
+            assert info.num_pending == 2
         finally:
             await js.delete_stream(stream)
 
