@@ -46,6 +46,7 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from amebus import Route, Service
+from amebus.errors import ConfigurationError
 from amebus.testing.server import NatsServer
 
 DEAD = "dead.rel"
@@ -238,8 +239,10 @@ async def test_crash_loop_costs_only_the_poison(
 
 async def test_foreign_backoff_is_cleared(server: NatsServer, ledger: Ledger,
                                           recorder: Recorder, record_dir: Path) -> None:
-    """Another tool made the durable with backoff [1, 2] (which pins ack_wait to 1 s): amebus
-    clears it, so a 3 s handler runs once, kept alive by in-progress signals."""
+    """Another tool made the durable with backoff [1, 2] (which pins ack_wait to 1 s). Serving
+    with the default ``provision = "update"`` refuses to rewrite a consumer amebus did not
+    create, naming the backoff; with ``provision = "adopt"`` amebus clears it, so a 3 s handler
+    runs once, kept alive by in-progress signals."""
     js = ledger.nc.jetstream()
     await js.add_consumer(STREAM, api.ConsumerConfig(
         durable_name=DURABLE, ack_policy=api.AckPolicy.EXPLICIT, max_deliver=10,
@@ -247,7 +250,9 @@ async def test_foreign_backoff_is_cleared(server: NatsServer, ledger: Ledger,
     ids = job_ids(1)
     started = time.monotonic()
     await publish_jobs(ledger.nc, ids, sleep=3.0)
-    async with _serving(ledger.nc, ack_wait=6.0, dead_letter_subject=DEAD):
+    with pytest.raises(ConfigurationError, match=r"not created by amebus.*backoff \[1\.0, 2\.0\]"):
+        await JobService().serve(ledger.nc.jetstream(), ack_wait=6.0, dead_letter_subject=DEAD)
+    async with _serving(ledger.nc, ack_wait=6.0, dead_letter_subject=DEAD, provision="adopt"):
         info = await js.consumer_info(STREAM, DURABLE)
         assert (info.config.backoff, info.config.ack_wait) == (None, 6.0)
         await wait_for(lambda: _all_accounted(ids, record_dir, ledger), 15, "the job")
@@ -299,7 +304,6 @@ async def test_old_server_is_refused() -> None:
     (INFO, then PONG to PING) with that version; everything after it would be a JetStream
     request, which the check must never reach.
     """
-    from amebus.errors import ConfigurationError
 
     requests: list[bytes] = []
 
