@@ -223,3 +223,29 @@ async def test_amebus_run_through_a_half_open_connection(server: NatsServer,
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+async def test_a_server_side_cut_is_logged_once_and_counted(
+        server: NatsServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("WARNING", logger="amebus")
+    ledger = Ledger()
+    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1,
+                            error_cb=_quiet)
+    service = _service(ledger, 0.0)
+    try:
+        async with serving(service, nc.jetstream()):
+            await _publish(server, ledger, ["before"], rate=0)
+            await asyncio.wait_for(ledger.done.wait(), timeout=10)
+            await server.kill()  # the server cuts every connection
+            await server.start()
+            ledger.done.clear()
+            await _publish(server, ledger, ["after"], rate=0)
+            await asyncio.wait_for(ledger.done.wait(), timeout=20)
+            stats = service.stats
+    finally:
+        await nc.close()
+    assert stats.disconnects == 1
+    assert stats.dead_connections == 0
+    lines = [r.getMessage() for r in caplog.records if "was lost and replaced" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "Slow Consumer" in lines[0]  # the hint for the most likely cut with large messages
