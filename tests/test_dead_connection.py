@@ -111,8 +111,12 @@ async def _cut_and_recover(server: NatsServer, *, count: int, rate: float, concu
                     _publish(server, ledger, [f"j{i:05d}" for i in range(count)], rate))
                 while len(ledger.handled) < cut_at:
                     await asyncio.sleep(0.01)
+                assert service.stats.connected
                 assert proxy.blackhole() == 1
                 cut = time.monotonic()
+                while service.stats.dead_connections == 0:
+                    await asyncio.sleep(0.05)
+                assert not service.stats.connected  # found dead: not ready until replaced
                 await producer
                 await asyncio.wait_for(ledger.done.wait(), timeout=90)
         finally:
