@@ -98,6 +98,8 @@ def _status_line(service: Service, rate: float, pending: str) -> str:
     skipped = f" | skipped {stats.skipped}" if stats.skipped else ""
     lost = (f" | connection lost {stats.disconnects}x ({stats.dead_connections} found dead)"
             if stats.disconnects or stats.dead_connections else "")
+    if not stats.connected:
+        lost += " | NOT CONNECTED"
     return (f"{rate:.1f} msg/s | acked {total.acked} | naked {total.naked} | termed "
             f"{total.termed} | dead-lettered {total.dead_lettered}{skipped} | in flight "
             f"{stats.in_flight} | pending {pending}{lost}")

@@ -39,6 +39,7 @@ class ConnectionHealth:
         self.disconnects = 0  # connections lost (any cause), seen by the reconnect counter
         self.dead_connections = 0  # connections found dead (no heartbeat, no PONG)
         self.dead_at: float | None = None  # when the last dead connection was found
+        self.replacing = False  # found dead, not reconnected yet
 
     async def answers(self) -> bool:
         """True if the server answers a PING within a heartbeat period (or it is not ours to
@@ -54,6 +55,7 @@ class ConnectionHealth:
         it cannot be replaced (reconnects off), else None."""
         self.dead_connections += 1
         self.dead_at = time.monotonic()
+        self.replacing = True
         quiet = 2 * self._heartbeat
         if not _natsio.reconnects_allowed(self._nc):
             msg = (f"the connection to NATS is dead (no idle heartbeat on {self._subject!r} "
@@ -74,6 +76,7 @@ class ConnectionHealth:
     def reconnected(self, times: int) -> None:
         """nats-py reconnected ``times`` times since the last look: log it once, with the cause."""
         self.disconnects += times
+        self.replacing = False
         cause = _natsio.last_error(self._nc)
         seen = f"{type(cause).__name__}: {cause}" if cause else "no cause reported"
         hint = "" if self.dead_at is not None else (

@@ -1,8 +1,9 @@
 """Every use of nats-py internals, in one place, each guarded and with a fallback.
 
-Written against nats-py 2.16.0 (checked: 2.9 to 2.16 have the same parser class and the same
-private methods used here). Where the guard finds something else, amebus does without: the
-parser workaround is not installed, and a dead connection is left to nats-py's own pings.
+Written against and tested on nats-py 2.16.0; the source of 2.9.0 has the same parser class
+and the same private methods (read, not run: amebus itself does not serve on 2.9.0). Where the
+guard finds something else, amebus does without: the parser workaround is not installed, and
+a dead connection is left to nats-py's own pings.
 
 - :func:`install_parser`: nats-py 2.16's protocol parser splits a ``MSG`` line on any
   whitespace (a subject with ``\\v`` or ``\\f`` becomes a "malformed MSG" and the connection is

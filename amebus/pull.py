@@ -310,8 +310,7 @@ class Puller:
                 self._last_seen = time.monotonic()
                 error = await self.health.replace()
                 if error is not None:
-                    self.error = error
-                    self._wake()
+                    self._stop(error)
                     return
                 continue
             if reconnects != self._reconnects and self._nc.is_connected:

@@ -61,6 +61,8 @@ class ServiceStats:
         bytes_in_flight: bytes pulled and not yet settled (bounded by ``max_bytes_in_flight``).
         disconnects: connections lost and replaced while serving (any cause).
         dead_connections: connections amebus found dead (no heartbeat, no PONG) and replaced.
+        connected: the connection is live now (False while it is lost or being replaced: a
+            readiness check can use it).
     """
 
     routes: dict[str, RouteStats] = attrs.Factory(dict)
@@ -71,6 +73,7 @@ class ServiceStats:
     bytes_in_flight: int = 0
     disconnects: int = 0
     dead_connections: int = 0
+    connected: bool = False
 
     def total(self) -> RouteStats:
         """The sum of every route's counters."""
@@ -441,6 +444,7 @@ def _read_engine(stats: ServiceStats, consumer: JetStreamConsumer, puller: Pulle
     stats.bytes_in_flight = puller.unsettled
     stats.disconnects = puller.health.disconnects
     stats.dead_connections = puller.health.dead_connections
+    stats.connected = consumer.nc.is_connected and not puller.health.replacing
 
 
 def _positive_int(cls: type[Service], name: str, value: Any) -> int:

@@ -173,3 +173,16 @@ async def test_09mb_events_slow_handler_full(server: NatsServer) -> None:
     run = await _run(server, [900_000] * count, pause=0.02)
     print(f"0.9 MB x {count}, 20 ms: RSS +{run.rss_growth / MB:.1f} MB")
     _check(run, 16 * MB, 900_000)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "16MB", True])
+def test_an_invalid_budget_fails_at_class_creation(value: object) -> None:
+    from amebus import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"max_bytes_in_flight = .*positive whole"):
+        type("Bad", (Service,), {"stream": "S", "max_bytes_in_flight": value,
+                                 "route": Route("a.>", _noop)})
+
+
+async def _noop(msg: Msg) -> None:
+    pass

@@ -67,9 +67,10 @@ class Health(BaseObserver):
             checks["consumer"] = {"ok": not puller.closed and puller.error is None,
                                   "detail": f"{serving.stream}/{serving.durable}"
                                   + (f": {puller.error}" if puller.error is not None else "")}
-            connected = serving.nc.is_connected
-            checks["connection"] = {"ok": connected,
-                                    "detail": "connected" if connected else "disconnected"}
+            replacing = puller.health.replacing  # found dead (half-open), being replaced
+            connected = serving.nc.is_connected and not replacing
+            checks["connection"] = {"ok": connected, "detail": "connected" if connected else (
+                "found dead, reconnecting" if replacing else "disconnected")}
             silent = time.monotonic() - puller.heard_at
             limit = self.stall_periods * puller.heartbeat
             stalled = silent > limit and puller.pending > 0
