@@ -70,12 +70,16 @@ def _is_auth_error(exc: BaseException) -> bool:
     return any(word in text for word in ("authorization", "authentication", "permissions"))
 
 
-async def connect(url: str, args: argparse.Namespace, name: str) -> Client:
+async def connect(url: str, args: argparse.Namespace, name: str,
+                  inbox_prefix: str | None = None) -> Client:
     """Connect, reconnecting forever once connected; give up on the first attempt after
-    ``--connect-timeout`` seconds, or at once if the server refuses the credentials."""
+    ``--connect-timeout`` seconds, or at once if the server refuses the credentials.
+    ``inbox_prefix``: the service's private reply inbox (amebus.permissions.inbox_prefix)."""
     from nats.aio.client import Client
 
     options = _connect_options(args)
+    if inbox_prefix is not None:
+        options["inbox_prefix"] = inbox_prefix
     connected = False
     errors: list[BaseException] = []
     refused = asyncio.Event()

@@ -26,21 +26,40 @@ A wave feature adding subjects (schedules, idempotency buckets, ...) adds its gr
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
 import shlex
 import typing
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
 from amebus.errors import ConfigurationError
 
-__all__ = ["Grant", "Permissions", "inbox_prefix", "permissions"]
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+
+__all__ = ["Grant", "Permissions", "inbox_prefix", "note_shared_inbox", "permissions"]
+
+log = logging.getLogger(__name__)
 
 _TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 Direction = Literal["publish", "subscribe"]
+
+
+def note_shared_inbox(nc: Client, service: type[Any]) -> None:
+    """Log once per connection (INFO) that ``nc`` replies on the shared ``_INBOX``: every user
+    allowed ``_INBOX.>`` can read its replies. Cheap: ``new_inbox()`` is public."""
+    if getattr(nc, "_amebus_inbox_noted", False) or not nc.new_inbox().startswith("_INBOX."):
+        return
+    with contextlib.suppress(AttributeError):
+        nc._amebus_inbox_noted = True  # type: ignore[attr-defined]
+    log.info("%s: the connection replies on the shared _INBOX prefix; connect with "
+             "inbox_prefix=%r to receive replies on a private inbox (docs/security.md)",
+             service.__name__, inbox_prefix(service))
 
 
 def inbox_prefix(service: type[Any] | str) -> str:

@@ -25,6 +25,7 @@ from amebus.deadletter import check_dead_letter_stream
 from amebus.errors import ConfigurationError, DecodeError, NoRouteError
 from amebus.events import EVENT_TYPE_HEADER
 from amebus.matcher import Matcher
+from amebus.permissions import note_shared_inbox
 from amebus.provision import check_options as check_provision
 from amebus.pull import Puller
 from amebus.routing import CompiledRoute, ServiceMeta
@@ -338,6 +339,7 @@ class Service(metaclass=ServiceMeta):
                         max_bytes=_positive_int(cls, "max_bytes_in_flight",
                                                 option["max_bytes_in_flight"]))
         _warn_slow_pings(nc)
+        note_shared_inbox(nc, cls)
         # A message on the server's last delivery goes to the front: run before anything else.
         puller.urgent_at = max(consumer.limits.server_max_deliver, 0)
         consumer.first_reply = puller.first_reply
