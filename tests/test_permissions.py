@@ -1,0 +1,192 @@
+"""The least-privilege proof: a nats-server whose service user has exactly the lists
+``amebus.permissions`` generates (everything else denied) serves, acks, naks with delay,
+terms, dead-letters, publishes result events, survives a server restart and shuts down, with
+nothing lost (ledger: ids published vs handled vs dead-lettered, read by an admin user)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import attrs
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from amebus import Event, Nak, Route, Service, Term
+from amebus.permissions import inbox_prefix, permissions
+from amebus.testing import NatsServer
+from tests._support import eventually
+
+ADMIN, ADMIN_PW = "admin", "admin-pw-1"
+SVC, SVC_PW = "svc", "svc-pw-2"
+
+
+@attrs.frozen
+class Done(Event):
+    subject = "result.done"
+    id: str
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self.handled: set[str] = set()
+        self.termed: set[str] = set()
+        self.attempts: dict[str, int] = {}
+
+
+LEDGER = Ledger()
+
+
+async def handle(msg: Msg) -> Done | None:
+    job = json.loads(msg.data)
+    ident, kind = job["id"], msg.subject.split(".")[1]
+    LEDGER.attempts[ident] = LEDGER.attempts.get(ident, 0) + 1
+    if kind == "nak" and LEDGER.attempts[ident] == 1:
+        raise Nak(0.2)
+    if kind == "term":
+        LEDGER.termed.add(ident)
+        raise Term("refused by the test")
+    if kind == "dead":
+        raise ValueError(f"job {ident} always fails")
+    LEDGER.handled.add(ident)
+    return Done(id=ident)
+
+
+class Jobs(Service):
+    stream = "JOBS"
+    stream_subjects = ("job.>",)
+    max_deliver = 2
+    backoff = (0.1,)
+    ack_wait = 5.0
+    dead_letter_subject = "dead.jobs"
+    dead_letter_stream = "DEAD_JOBS"
+    work = Route("job.*", handle)
+
+
+def server_config(grants: dict[str, Any]) -> str:
+    users = [{"user": ADMIN, "password": ADMIN_PW},
+             {"user": SVC, "password": SVC_PW, "permissions": grants}]
+    return "authorization " + json.dumps({"users": users}) + "\n"
+
+
+async def connect(server: NatsServer, user: str, password: str, **options: Any) -> Client:
+    return await nats.connect(server.url, user=user, password=password,
+                              max_reconnect_attempts=-1, reconnect_time_wait=0.2, **options)
+
+
+async def dead_letters(js: Any) -> set[str]:
+    try:
+        info = await js.stream_info("DEAD_JOBS")
+    except Exception:
+        return set()
+    found = set()
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        with contextlib.suppress(Exception):
+            found.add(json.loads((await js.get_msg("DEAD_JOBS", seq)).data)["id"])
+    return found
+
+
+async def results(js: Any) -> set[str]:
+    info = await js.stream_info("RESULTS")
+    return {json.loads((await js.get_msg("RESULTS", seq)).data)["id"]
+            for seq in range(info.state.first_seq, info.state.last_seq + 1)}
+
+
+async def publish(js: Any, kinds: dict[str, str]) -> None:
+    for ident, kind in kinds.items():
+        await js.publish(f"job.{kind}", json.dumps({"id": ident}).encode())
+
+
+def batch(prefix: str) -> dict[str, str]:
+    return {f"{prefix}{kind}{i}": kind for kind in ("ok", "nak", "term", "dead")
+            for i in range(3)}
+
+
+def test_generated_lists_grant_no_wildcard_on_the_api() -> None:
+    found = permissions(Jobs)
+    assert not [s for s in found.allow("publish") if s.startswith("$JS.API") and
+                (s.endswith(">") and not s.startswith("$JS.API.DIRECT.GET.KV_"))]
+    assert found.allow("subscribe") == ["_INBOX_Jobs.>"]
+    assert "result.done" in found.allow("publish")  # from handle's return annotation
+    assert found.why("$JS.ACK.JOBS.Jobs.>") is not None
+    verify = permissions(Jobs, provision="verify")
+    assert not [s for s in verify.allow("publish") if ".CREATE.JOBS" in s]
+
+
+async def test_serves_with_only_the_generated_permissions_nothing_lost() -> None:
+    grants = permissions(Jobs).as_dict()
+    server = NatsServer(config=server_config(grants))
+    await server.start()
+    admin = svc = None
+    try:
+        admin = await connect(server, ADMIN, ADMIN_PW)
+        ajs = admin.jetstream()
+        await ajs.add_stream(name="RESULTS", subjects=["result.>"])
+        svc = await connect(server, SVC, SVC_PW, inbox_prefix=inbox_prefix(Jobs))
+        LEDGER.__init__()  # type: ignore[misc]
+        first, second = batch("a"), batch("b")
+        ready = asyncio.Event()
+        task = asyncio.create_task(Jobs().serve(svc, ready=ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        await publish(ajs, first)
+
+        def done(kinds: dict[str, str]) -> Any:
+            async def check() -> bool:
+                dead = await dead_letters(ajs)
+                return all(
+                    (ident in LEDGER.handled) if kind in ("ok", "nak") else
+                    (ident in LEDGER.termed) if kind == "term" else (ident in dead)
+                    for ident, kind in kinds.items())
+            return check
+
+        await eventually(done(first), 20, what="first batch settled")
+        await server.restart()
+        await publish(ajs, second)
+        await eventually(done(second), 30, what="second batch settled after a restart")
+        everything = {**first, **second}
+        dead = await dead_letters(ajs)
+        assert dead == {i for i, k in everything.items() if k == "dead"}
+        assert LEDGER.handled == {i for i, k in everything.items() if k in ("ok", "nak")}
+        assert await results(ajs) == LEDGER.handled  # every result event published
+        assert all(LEDGER.attempts[i] == 2 for i, k in everything.items() if k == "nak")
+        info = await ajs.consumer_info("JOBS", "Jobs")
+        assert info.num_ack_pending == 0 and info.num_pending == 0
+        task.cancel()  # graceful shutdown
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert "Permissions Violation" not in server.log_tail(400)
+    finally:
+        for nc in (svc, admin):
+            if nc is not None:
+                with contextlib.suppress(Exception):
+                    await nc.close()
+        await server.stop()
+
+
+@pytest.mark.parametrize("flavour", ["server", "nsc"])
+def test_renderings_carry_every_subject(flavour: str) -> None:
+    found = permissions(Jobs, discovery=True)
+    text = found.to_server_config() if flavour == "server" else found.to_nsc()
+    for subject in found.allow("publish") + found.allow("subscribe"):
+        assert subject in text
+    assert "allow_responses" in text or "--allow-pub-response" in text
+
+
+async def test_server_config_rendering_is_accepted_by_nats_server() -> None:
+    found = permissions(Jobs)
+    server = NatsServer(config=found.to_server_config(user=SVC, password=SVC_PW))
+    await server.start()
+    try:
+        nc = await connect(server, SVC, SVC_PW, inbox_prefix=inbox_prefix(Jobs))
+        try:
+            # allowed: the durable's info (not found yet: the server answers)
+            with contextlib.suppress(Exception):
+                await nc.jetstream().consumer_info("JOBS", "Jobs", timeout=2)
+        finally:
+            await nc.close()
+    finally:
+        await server.stop()
