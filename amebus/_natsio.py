@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from nats.aio.client import Client
 
-__all__ = ["detection_seconds", "install_parser", "last_error", "replace_connection",
-           "supported"]
+__all__ = ["detection_seconds", "install_parser", "last_error", "on_error",
+           "replace_connection", "supported"]
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +131,31 @@ def last_error(nc: Client) -> BaseException | None:
     return error
 
 
+def on_error(nc: Client, listener: Any) -> bool:
+    """Also call ``listener(error)`` (sync, must not raise) for every error nats-py reports
+    for ``nc``; False if the error callback could not be wrapped."""
+    last_error(nc)
+    recorder = getattr(nc, "_amebus_errors", None)
+    if recorder is None:
+        return False
+    recorder.listeners.append(listener)
+    return True
+
+
 class _ErrorRecorder:
     def __init__(self, original: Any) -> None:
         self.original = original
         self.error: BaseException | None = None
         self.at = 0.0
+        self.listeners: list[Any] = []
 
     async def __call__(self, error: Exception) -> None:
         self.error, self.at = error, time.monotonic()
+        for listener in self.listeners:
+            try:
+                listener(error)
+            except Exception:  # a listener never breaks nats-py's error path
+                log.debug("error listener failed", exc_info=True)
         await self.original(error)
 
 

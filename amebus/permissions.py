@@ -42,12 +42,62 @@ from amebus.errors import ConfigurationError
 if TYPE_CHECKING:
     from nats.aio.client import Client
 
-__all__ = ["Grant", "Permissions", "inbox_prefix", "note_shared_inbox", "permissions"]
+__all__ = ["Grant", "Permissions", "explain_violation", "inbox_prefix", "note_shared_inbox",
+           "permissions", "watch_violations"]
 
 log = logging.getLogger(__name__)
 
 _TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 Direction = Literal["publish", "subscribe"]
+
+
+_VIOLATION = re.compile(r"permissions violation for (publish|subscription) to \"?([^\"\s]+)",
+                        re.IGNORECASE)
+
+
+def _covers(pattern: str, subject: str) -> bool:
+    want, have = pattern.lower().split("."), subject.lower().split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or (token != "*" and token != have[i]):
+            return False
+    return len(want) == len(have)
+
+
+def explain_violation(message: str, found: Permissions, target: str | None = None
+                      ) -> str | None:
+    """One sentence for a nats-py/nats-server Permissions Violation ``message`` on a subject
+    amebus needs (naming the grant, why, and the line to add); None for another error."""
+    match = _VIOLATION.search(message)
+    if match is None:
+        return None
+    direction: Direction = "publish" if match[1].lower() == "publish" else "subscribe"
+    subject = match[2]
+    grant = next((g for g in found.grants if g.direction == direction
+                  and _covers(g.subject, subject)), None)
+    command = f"`amebus permissions {target or 'module:' + found.service}`"
+    if grant is None:
+        return (f"{found.service} may not {direction} to {subject!r}, a subject amebus's "
+                f"permissions do not list (your own code's?); add it to {direction}.allow, "
+                f"or check {command}")
+    return (f"{found.service} may not {direction} to {grant.subject!r}: needed {grant.why}; "
+            f"add it to {direction}.allow, or run {command}")
+
+
+def watch_violations(nc: Client, found: Permissions) -> None:
+    """Log (ERROR, once per grant) the sentence of every Permissions Violation ``nc`` gets."""
+    from amebus import _natsio
+
+    seen: set[str] = set()
+
+    def listener(error: BaseException) -> None:
+        sentence = explain_violation(str(error), found)
+        if sentence is not None and sentence not in seen:
+            seen.add(sentence)
+            log.error("%s", sentence)
+
+    _natsio.on_error(nc, listener)
 
 
 def note_shared_inbox(nc: Client, service: type[Any]) -> None:

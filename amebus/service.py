@@ -25,7 +25,7 @@ from amebus.deadletter import check_dead_letter_stream
 from amebus.errors import ConfigurationError, DecodeError, NoRouteError
 from amebus.events import EVENT_TYPE_HEADER
 from amebus.matcher import Matcher
-from amebus.permissions import note_shared_inbox
+from amebus.permissions import note_shared_inbox, permissions, watch_violations
 from amebus.provision import check_options as check_provision
 from amebus.pull import Puller
 from amebus.routing import CompiledRoute, ServiceMeta
@@ -319,6 +319,9 @@ class Service(metaclass=ServiceMeta):
             raise ConfigurationError(msg)
         nc, api_prefix = connection_of(js)
         check_server(nc)
+        with contextlib.suppress(Exception):  # the sentences are a help, never a failure
+            watch_violations(nc, permissions(cls, api_prefix=api_prefix, **{
+                k: v for k, v in overrides.items() if k in _SERVE_OPTIONS}))
         stream, durable, filtered, config, (added, upto) = await bind_consumer(
             nc.jetstream(), cls, option)
         settings = _effective(cls, settings, config)

@@ -190,3 +190,81 @@ async def test_server_config_rendering_is_accepted_by_nats_server() -> None:
             await nc.close()
     finally:
         await server.stop()
+
+
+# Lines this scenario never needs (so removing them cannot fail it): the catch-up of added
+# routes, updates of streams that already match, and the server giving up (MAX_DELIVERIES).
+UNEXERCISED = {"$JS.API.STREAM.UPDATE.JOBS", "$JS.API.STREAM.UPDATE.DEAD_JOBS",
+               "$JS.API.CONSUMER.DURABLE.CREATE.JOBS.Jobs_catchup",
+               "$JS.API.CONSUMER.MSG.NEXT.JOBS.Jobs_catchup", "$JS.ACK.JOBS.Jobs_catchup.>",
+               "$JS.API.CONSUMER.DELETE.JOBS.Jobs_catchup", "$JS.API.STREAM.MSG.GET.JOBS",
+               "$JS.API.CONSUMER.MSG.NEXT.amebus_gaveup_JOBS_Jobs.amebus",
+               "$JS.ACK.amebus_gaveup_JOBS_Jobs.amebus.>",
+               "$JS.API.STREAM.CREATE.JOBS"}  # the test creates JOBS first: inputs are kept
+QUICK = ["$JS.ACK.JOBS.Jobs.>", "$JS.API.CONSUMER.MSG.NEXT.JOBS.Jobs", "dead.jobs"]
+ALL = [s for s in permissions(Jobs).allow("publish") if s not in UNEXERCISED]
+
+
+async def _without(line: str, tmp: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Serve with ``line`` removed: the sentence naming it is logged; then serve with every
+    line on the same store: every job settles (nothing was lost while it was missing)."""
+    full = permissions(Jobs).as_dict()
+    cut = json.loads(json.dumps(full))
+    cut["publish"]["allow"].remove(line)
+    kinds = batch("m")
+    LEDGER.__init__()  # type: ignore[misc]
+    server = NatsServer(config=server_config(cut), store_dir=tmp)
+    await server.start()
+    admin = await connect(server, ADMIN, ADMIN_PW)
+    ajs = admin.jetstream()
+    await ajs.add_stream(name="RESULTS", subjects=["result.>"])
+    await ajs.add_stream(name="JOBS", subjects=["job.>"])  # so the inputs are kept regardless
+    await publish(ajs, kinds)
+    svc = await connect(server, SVC, SVC_PW, inbox_prefix=inbox_prefix(Jobs))
+    task = asyncio.create_task(Jobs().serve(svc))
+    why = permissions(Jobs).why(line)
+    try:
+        await eventually(lambda: any(line in r.getMessage() and "may not publish" in
+                                     r.getMessage() and (why or "") in r.getMessage()
+                                     for r in caplog.records), 15,
+                         what=f"the sentence naming {line!r}")
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        await svc.close()
+        await admin.close()
+        await server.stop()
+    server = NatsServer(config=server_config(full), store_dir=tmp)
+    await server.start()
+    admin = await connect(server, ADMIN, ADMIN_PW)
+    svc = await connect(server, SVC, SVC_PW, inbox_prefix=inbox_prefix(Jobs))
+    ajs = admin.jetstream()
+    task = asyncio.create_task(Jobs().serve(svc))
+    try:
+        async def complete() -> bool:
+            dead = await dead_letters(ajs)
+            return all((i in LEDGER.handled) if k in ("ok", "nak") else
+                       (i in LEDGER.termed) if k == "term" else (i in dead)
+                       for i, k in kinds.items())
+        await eventually(complete, 30, what="every job settled once the line is back")
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        await svc.close()
+        await admin.close()
+        await server.stop()
+
+
+@pytest.mark.parametrize("line", QUICK)
+async def test_a_missing_line_is_named_and_loses_nothing(
+        line: str, tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    await _without(line, tmp_path, caplog)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("line", [s for s in ALL if s not in QUICK])
+async def test_every_missing_line_is_named_and_loses_nothing(
+        line: str, tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    await _without(line, tmp_path, caplog)
