@@ -78,9 +78,9 @@ def explain_violation(message: str, found: Permissions, target: str | None = Non
                   and _covers(g.subject, subject)), None)
     command = f"`amebus permissions {target or 'module:' + found.service}`"
     if grant is None:
-        return (f"{found.service} may not {direction} to {subject!r}, a subject amebus's "
-                f"permissions do not list (your own code's?); add it to {direction}.allow, "
-                f"or check {command}")
+        return (f"{found.service} may not {direction} to {subject!r} (as nats-py reports it, "
+                f"in lower case), a subject amebus's permissions do not list (your own "
+                f"code's?); add it to {direction}.allow, or check {command}")
     return (f"{found.service} may not {direction} to {grant.subject!r}: needed {grant.why}; "
             f"add it to {direction}.allow, or run {command}")
 
