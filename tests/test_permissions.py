@@ -202,7 +202,8 @@ UNEXERCISED = {"$JS.API.STREAM.UPDATE.JOBS", "$JS.API.STREAM.UPDATE.DEAD_JOBS",
                "$JS.API.CONSUMER.MSG.NEXT.amebus_gaveup_JOBS_Jobs.amebus",
                "$JS.ACK.amebus_gaveup_JOBS_Jobs.amebus.>",
                "$JS.API.STREAM.CREATE.JOBS"}  # the test creates JOBS first: inputs are kept
-QUICK = ["$JS.ACK.JOBS.Jobs.>", "$JS.API.CONSUMER.MSG.NEXT.JOBS.Jobs", "dead.jobs"]
+QUICK = ["$JS.ACK.JOBS.Jobs.>", "$JS.API.CONSUMER.MSG.NEXT.JOBS.Jobs", "dead.jobs",
+         "result.done"]
 ALL = [s for s in permissions(Jobs).allow("publish") if s not in UNEXERCISED]
 
 
@@ -271,3 +272,35 @@ async def test_a_missing_line_is_named_and_loses_nothing(
 async def test_every_missing_line_is_named_and_loses_nothing(
         line: str, tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
     await _without(line, tmp_path, caplog)
+
+
+@pytest.mark.parametrize("responds", [True, False])
+async def test_discovery_answers_with_the_generated_permissions(responds: bool) -> None:
+    from amebus.telemetry.discovery import Discovery
+
+    grants = permissions(Jobs, discovery=True).as_dict()
+    if not responds:
+        del grants["allow_responses"]  # the one right discovery adds to publishing
+    server = NatsServer(config=server_config(grants))
+    await server.start()
+    admin = await connect(server, ADMIN, ADMIN_PW)
+    svc = await connect(server, SVC, SVC_PW, inbox_prefix=inbox_prefix(Jobs))
+    try:
+        await admin.jetstream().add_stream(name="DEAD_JOBS", subjects=["dead.jobs"])
+        ready = asyncio.Event()
+        task = asyncio.create_task(Jobs().serve(svc, ready=ready, observer=Discovery()))
+        await asyncio.wait_for(ready.wait(), 10)
+        await svc.flush()
+        if responds:
+            reply = await admin.request("$SRV.INFO.Jobs", b"", timeout=5)
+            assert json.loads(reply.data)["name"] == "Jobs"
+        else:
+            with pytest.raises(nats.errors.TimeoutError):
+                await admin.request("$SRV.INFO.Jobs", b"", timeout=1)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        await svc.close()
+        await admin.close()
+        await server.stop()
