@@ -304,3 +304,26 @@ async def test_discovery_answers_with_the_generated_permissions(responds: bool) 
         await svc.close()
         await admin.close()
         await server.stop()
+
+
+def test_the_command_prints_each_format() -> None:
+    import subprocess
+    import sys
+
+    def amebus(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "amebus", "permissions",
+                               "tests.test_permissions:Jobs", *args],
+                              capture_output=True, text=True, timeout=60)
+
+    found = permissions(Jobs, discovery=True, publishes=["audit.jobs"])
+    as_json = amebus("--format", "json", "--publish", "audit.jobs")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["permissions"] == found.as_dict()
+    server = amebus()
+    assert server.stdout.startswith("# amebus permissions for Jobs") and "authorization {" in (
+        server.stdout)
+    nsc = amebus("--format", "nsc", "--no-discovery", "--provision", "verify")
+    assert nsc.stdout.startswith("nsc add user --account ACCOUNT --name Jobs")
+    assert "$SRV" not in nsc.stdout and "STREAM.CREATE.JOBS" not in nsc.stdout
+    missing = amebus("--stream", "")
+    assert missing.returncode == 2 and "has no stream" in missing.stderr, missing.stderr
