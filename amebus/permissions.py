@@ -32,8 +32,8 @@ import logging
 import re
 import shlex
 import typing
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Awaitable, Iterable
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import attrs
 
@@ -42,13 +42,22 @@ from amebus.errors import ConfigurationError
 if TYPE_CHECKING:
     from nats.aio.client import Client
 
-__all__ = ["Grant", "Permissions", "explain_violation", "inbox_prefix", "note_shared_inbox",
-           "permissions", "watch_violations"]
+__all__ = [
+    "Grant",
+    "Permissions",
+    "explain_violation",
+    "explained",
+    "inbox_prefix",
+    "note_shared_inbox",
+    "permissions",
+    "watch_violations",
+]
 
 log = logging.getLogger(__name__)
 
 _TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 Direction = Literal["publish", "subscribe"]
+T = TypeVar("T")
 
 
 _VIOLATION = re.compile(r"permissions violation for (publish|subscription) to \"?([^\"\s]+)",
@@ -76,7 +85,7 @@ def explain_violation(message: str, found: Permissions, target: str | None = Non
     subject = match[2]
     grant = next((g for g in found.grants if g.direction == direction
                   and _covers(g.subject, subject)), None)
-    command = f"`amebus permissions {target or 'module:' + found.service}`"
+    command = f"`amebus permissions {target or found.target or 'module:' + found.service}`"
     if grant is None:
         return (f"{found.service} may not {direction} to {subject!r} (as nats-py reports it, "
                 f"in lower case), a subject amebus's permissions do not list (your own "
@@ -85,19 +94,36 @@ def explain_violation(message: str, found: Permissions, target: str | None = Non
             f"add it to {direction}.allow, or run {command}")
 
 
-def watch_violations(nc: Client, found: Permissions) -> None:
-    """Log (ERROR, once per grant) the sentence of every Permissions Violation ``nc`` gets."""
+def watch_violations(nc: Client, found: Permissions) -> list[str]:
+    """Log (ERROR, once per grant) the sentence of every Permissions Violation ``nc`` gets;
+    returns the list the sentences are appended to, in order."""
     from amebus import _natsio
 
-    seen: set[str] = set()
+    seen: list[str] = []
 
     def listener(error: BaseException) -> None:
         sentence = explain_violation(str(error), found)
         if sentence is not None and sentence not in seen:
-            seen.add(sentence)
+            seen.append(sentence)
             log.error("%s", sentence)
 
     _natsio.on_error(nc, listener)
+    return seen
+
+
+async def explained(violations: list[str], step: Awaitable[T]) -> T:
+    """Await ``step`` (binding); if it fails after a Permissions Violation, raise
+    ConfigurationError with the violation's sentence instead of a bare timeout."""
+    before = len(violations)
+    try:
+        return await step
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        if len(violations) > before:
+            msg = violations[-1]
+            raise ConfigurationError(msg) from exc
+        raise
 
 
 def note_shared_inbox(nc: Client, service: type[Any]) -> None:
@@ -137,6 +163,7 @@ class Permissions:
     allow_responses: bool
     inbox_prefix: str
     notes: tuple[str, ...] = ()
+    target: str = ""  # module:Class, for the `amebus permissions` hint
 
     def allow(self, direction: Direction) -> list[str]:
         """The subjects allowed in ``direction``, in order, without duplicates."""
@@ -267,7 +294,8 @@ def permissions(service: type[Any], *, discovery: str | bool | None = None,
         "some handler's return annotation names no Event class: add the subjects of the "
         "events it returns (publishes=[...] / --publish)",)
     return Permissions(service=name, grants=tuple(grants), allow_responses=responds,
-                       inbox_prefix=inbox, notes=notes)
+                       inbox_prefix=inbox, notes=notes,
+                       target=f"{service.__module__}:{service.__qualname__}")
 
 
 def _attempt_grants(api: str, stream: str, durable: str, creates: bool) -> list[Grant]:

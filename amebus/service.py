@@ -25,7 +25,7 @@ from amebus.deadletter import check_dead_letter_stream
 from amebus.errors import ConfigurationError, DecodeError, NoRouteError
 from amebus.events import EVENT_TYPE_HEADER
 from amebus.matcher import Matcher
-from amebus.permissions import note_shared_inbox, permissions, watch_violations
+from amebus.permissions import explained, note_shared_inbox, permissions, watch_violations
 from amebus.provision import check_options as check_provision
 from amebus.pull import Puller
 from amebus.routing import CompiledRoute, ServiceMeta
@@ -319,11 +319,12 @@ class Service(metaclass=ServiceMeta):
             raise ConfigurationError(msg)
         nc, api_prefix = connection_of(js)
         check_server(nc)
+        violations: list[str] = []
         with contextlib.suppress(Exception):  # the sentences are a help, never a failure
-            watch_violations(nc, permissions(cls, api_prefix=api_prefix, **{
+            violations = watch_violations(nc, permissions(cls, api_prefix=api_prefix, **{
                 k: v for k, v in overrides.items() if k in _SERVE_OPTIONS}))
-        stream, durable, filtered, config, (added, upto) = await bind_consumer(
-            nc.jetstream(), cls, option)
+        stream, durable, filtered, config, (added, upto) = await explained(
+            violations, bind_consumer(nc.jetstream(), cls, option))
         settings = _effective(cls, settings, config)
         await check_dead_letter_stream(nc.jetstream(), cls.__name__, settings.dead_letter_subject,
                                        consumed=stream, routes=cls.filter_subjects,

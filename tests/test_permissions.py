@@ -327,3 +327,23 @@ def test_the_command_prints_each_format() -> None:
     assert "$SRV" not in nsc.stdout and "STREAM.CREATE.JOBS" not in nsc.stdout
     missing = amebus("--stream", "")
     assert missing.returncode == 2 and "has no stream" in missing.stderr, missing.stderr
+
+
+async def test_a_missing_info_right_fails_serve_at_bind_with_the_sentence() -> None:
+    from amebus.errors import ConfigurationError
+
+    grants = permissions(Jobs).as_dict()
+    grants["publish"]["allow"].remove("$JS.API.CONSUMER.INFO.JOBS.Jobs")
+    server = NatsServer(config=server_config(grants))
+    await server.start()
+    svc = await connect(server, SVC, SVC_PW, inbox_prefix=inbox_prefix(Jobs))
+    try:
+        with pytest.raises(ConfigurationError) as refused:
+            await Jobs().serve(svc)
+        assert str(refused.value) == (
+            "Jobs may not publish to '$JS.API.CONSUMER.INFO.JOBS.Jobs': needed to read the "
+            "durable's info (bind, lag, health); add it to publish.allow, or run "
+            f"`amebus permissions {Jobs.__module__}:Jobs`")
+    finally:
+        await svc.close()
+        await server.stop()
