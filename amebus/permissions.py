@@ -20,122 +20,28 @@ inbox prefix). No grant is ``>`` on ``$JS.API``.
 - discovery: the ``$SRV`` subjects of the service's name and replies to the requesters
   (``allow_responses``).
 
-A wave feature adding subjects (schedules, idempotency buckets, ...) adds its grants in
+The sentences for missing rights are in :mod:`amebus._violations`. A wave feature adding
+subjects (schedules, idempotency buckets, ...) adds its grants in
 :func:`_extra_grants` (the marked hook).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import re
 import shlex
 import typing
-from collections.abc import Awaitable, Iterable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from collections.abc import Iterable
+from typing import Any, Literal
 
 import attrs
 
 from amebus.errors import ConfigurationError
 
-if TYPE_CHECKING:
-    from nats.aio.client import Client
-
-__all__ = [
-    "Grant",
-    "Permissions",
-    "explain_violation",
-    "explained",
-    "inbox_prefix",
-    "note_shared_inbox",
-    "permissions",
-    "watch_violations",
-]
-
-log = logging.getLogger(__name__)
+__all__ = ["Grant", "Permissions", "explain_violation", "inbox_prefix", "permissions"]
 
 _TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 Direction = Literal["publish", "subscribe"]
-T = TypeVar("T")
-
-
-_VIOLATION = re.compile(r"permissions violation for (publish|subscription) to \"?([^\"\s]+)",
-                        re.IGNORECASE)
-
-
-def _covers(pattern: str, subject: str) -> bool:
-    want, have = pattern.lower().split("."), subject.lower().split(".")
-    for i, token in enumerate(want):
-        if token == ">":
-            return len(have) > i
-        if i >= len(have) or (token != "*" and token != have[i]):
-            return False
-    return len(want) == len(have)
-
-
-def explain_violation(message: str, found: Permissions, target: str | None = None
-                      ) -> str | None:
-    """One sentence for a nats-py/nats-server Permissions Violation ``message`` on a subject
-    amebus needs (naming the grant, why, and the line to add); None for another error."""
-    match = _VIOLATION.search(message)
-    if match is None:
-        return None
-    direction: Direction = "publish" if match[1].lower() == "publish" else "subscribe"
-    subject = match[2]
-    grant = next((g for g in found.grants if g.direction == direction
-                  and _covers(g.subject, subject)), None)
-    command = f"`amebus permissions {target or found.target or 'module:' + found.service}`"
-    if grant is None:
-        return (f"{found.service} may not {direction} to {subject!r} (as nats-py reports it, "
-                f"in lower case), a subject amebus's permissions do not list (your own "
-                f"code's?); add it to {direction}.allow, or check {command}")
-    return (f"{found.service} may not {direction} to {grant.subject!r}: needed {grant.why}; "
-            f"add it to {direction}.allow, or run {command}")
-
-
-def watch_violations(nc: Client, found: Permissions) -> list[str]:
-    """Log (ERROR, once per grant) the sentence of every Permissions Violation ``nc`` gets;
-    returns the list the sentences are appended to, in order."""
-    from amebus import _natsio
-
-    seen: list[str] = []
-
-    def listener(error: BaseException) -> None:
-        sentence = explain_violation(str(error), found)
-        if sentence is not None and sentence not in seen:
-            seen.append(sentence)
-            log.error("%s", sentence)
-
-    _natsio.on_error(nc, listener)
-    return seen
-
-
-async def explained(violations: list[str], step: Awaitable[T]) -> T:
-    """Await ``step`` (binding); if it fails after a Permissions Violation, raise
-    ConfigurationError with the violation's sentence instead of a bare timeout."""
-    before = len(violations)
-    try:
-        return await step
-    except ConfigurationError:
-        raise
-    except Exception as exc:
-        if len(violations) > before:
-            msg = violations[-1]
-            raise ConfigurationError(msg) from exc
-        raise
-
-
-def note_shared_inbox(nc: Client, service: type[Any]) -> None:
-    """Log once per connection (INFO) that ``nc`` replies on the shared ``_INBOX``: every user
-    allowed ``_INBOX.>`` can read its replies. Cheap: ``new_inbox()`` is public."""
-    if getattr(nc, "_amebus_inbox_noted", False) or not nc.new_inbox().startswith("_INBOX."):
-        return
-    with contextlib.suppress(AttributeError):
-        nc._amebus_inbox_noted = True  # type: ignore[attr-defined]
-    log.info("%s: the connection replies on the shared _INBOX prefix; connect with "
-             "inbox_prefix=%r to receive replies on a private inbox (docs/security.md)",
-             service.__name__, inbox_prefix(service))
 
 
 def inbox_prefix(service: type[Any] | str) -> str:
@@ -408,3 +314,12 @@ def _returned_subjects(service: type[Any]) -> list[str]:
 
 def _returned_known(service: type[Any]) -> bool:
     return all(_events_in(hint)[1] for hint in _return_hints(service))
+
+
+def explain_violation(message: str, found: Permissions, target: str | None = None
+                      ) -> str | None:
+    """One sentence for a Permissions Violation ``message`` on a subject of ``found`` (naming
+    the grant, why amebus needs it, and the line to add); None for another error."""
+    from amebus._violations import explain_violation as explain
+
+    return explain(message, found, target)

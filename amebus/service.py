@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import attrs
 
 from amebus._checks import check_options
+from amebus._violations import explained, note_shared_inbox, watch_violations
 from amebus.codec import Codec, default_codec
 from amebus.consumer import Handler, JetStreamConsumer, RouteStats, Settings
 from amebus.deadletter import check_dead_letter_stream
 from amebus.errors import ConfigurationError, DecodeError, NoRouteError
 from amebus.events import EVENT_TYPE_HEADER
 from amebus.matcher import Matcher
-from amebus.permissions import explained, note_shared_inbox, permissions, watch_violations
+from amebus.permissions import permissions
 from amebus.provision import check_options as check_provision
 from amebus.pull import Puller
 from amebus.routing import CompiledRoute, ServiceMeta
