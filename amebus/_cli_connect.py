@@ -76,12 +76,13 @@ async def connect(url: str, args: argparse.Namespace, name: str,
                   inbox_prefix: str | None = None) -> Client:
     """Connect, reconnecting forever once connected; give up on the first attempt after
     ``--connect-timeout`` seconds, or at once if the server refuses the credentials.
-    ``inbox_prefix``: the service's private reply inbox (amebus.permissions.inbox_prefix)."""
+    ``inbox_prefix``: the service's private reply inbox (amebus.permissions.inbox_prefix);
+    default ``_INBOX_amebus``, the operator commands' own."""
     from nats.aio.client import Client
 
     options = _connect_options(args)
-    if inbox_prefix is not None:
-        options["inbox_prefix"] = inbox_prefix
+    # the operator commands reply on their own inbox (amebus permissions --role operator)
+    options["inbox_prefix"] = inbox_prefix or "_INBOX_amebus"
     connected = False
     errors: list[BaseException] = []
     refused = asyncio.Event()

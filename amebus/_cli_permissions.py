@@ -31,6 +31,9 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--account", default="ACCOUNT", help="the nsc account (--format nsc)")
     parser.add_argument("--publish", action="append", default=[], metavar="SUBJECT",
                         help="another subject the handlers publish to (repeatable)")
+    parser.add_argument("--role", choices=("service", "operator"), default="service",
+                        help="the service's own rights (default) or those of the amebus "
+                        "operator commands (plan, status, pause, resume, reset, dlq)")
     parser.add_argument("--no-discovery", action="store_true",
                         help="the service runs with amebus run --no-discovery ($SRV off)")
 
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
                if getattr(args, name) is not None}
     try:
         found = permissions(cls, discovery=not args.no_discovery, publishes=args.publish,
-                            **options)
+                            role=args.role, **options)
     except ConfigurationError as exc:
         raise CommandError(str(exc), USAGE) from None
     if args.format == "json":

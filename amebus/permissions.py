@@ -127,6 +127,7 @@ class Permissions:
 
 def permissions(service: type[Any], *, discovery: str | bool | None = None,
                 publishes: Iterable[str] = (), api_prefix: str = "$JS.API",
+                role: Literal["service", "operator"] = "service",
                 **options: Any) -> Permissions:
     """The least permissions ``service`` needs as configured (``options``: serve() overrides).
 
@@ -137,6 +138,8 @@ def permissions(service: type[Any], *, discovery: str | bool | None = None,
         publishes: more subjects its handlers publish to (events the return annotations do
             not name, publishes of your own).
         api_prefix: the JetStream API prefix.
+        role: ``"operator"``: the rights of the ``amebus`` operator commands (plan, status,
+            pause/resume, reset, dlq) on this service instead of the service's own.
 
     Raises:
         ConfigurationError: no stream, or an unknown option.
@@ -159,6 +162,16 @@ def permissions(service: type[Any], *, discovery: str | bool | None = None,
     settings = _settings(service, {k: v for k, v in options.items() if k in option})
     creates = option["provision"] in ("update", "adopt")
     api = api_prefix
+    target = f"{service.__module__}:{service.__qualname__}"
+    if role == "operator":
+        from amebus._permissions_ops import OPERATOR_INBOX, operator_grants
+
+        named = discovery if isinstance(discovery, str) else None
+        ops, ops_notes = operator_grants(service, {**option, "dead_letter_subject":
+                                                   settings.dead_letter_subject}, api, named)
+        return Permissions(service=f"{name}_operator", grants=tuple(ops),
+                           allow_responses=False, inbox_prefix=OPERATOR_INBOX,
+                           notes=tuple(ops_notes), target=target)
     inbox = inbox_prefix(service)
     grants: list[Grant] = []
 
@@ -201,7 +214,7 @@ def permissions(service: type[Any], *, discovery: str | bool | None = None,
         "events it returns (publishes=[...] / --publish)",)
     return Permissions(service=name, grants=tuple(grants), allow_responses=responds,
                        inbox_prefix=inbox, notes=notes,
-                       target=f"{service.__module__}:{service.__qualname__}")
+                       target=target)
 
 
 def _attempt_grants(api: str, stream: str, durable: str, creates: bool) -> list[Grant]:

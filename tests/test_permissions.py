@@ -347,3 +347,45 @@ async def test_a_missing_info_right_fails_serve_at_bind_with_the_sentence() -> N
     finally:
         await svc.close()
         await server.stop()
+
+
+async def test_the_operator_commands_work_with_the_operator_permissions() -> None:
+    import subprocess
+    import sys
+
+    ops = permissions(Jobs, role="operator").as_dict()
+    users = [{"user": ADMIN, "password": ADMIN_PW},
+             {"user": "ops", "password": "ops-pw", "permissions": ops}]
+    server = NatsServer(config="authorization " + json.dumps({"users": users}) + "\n")
+    await server.start()
+    admin = await connect(server, ADMIN, ADMIN_PW)
+    try:
+        ajs = admin.jetstream()
+        await ajs.add_stream(name="JOBS", subjects=["job.>"])
+        await ajs.add_stream(name="DEAD_JOBS", subjects=["dead.jobs"])
+        await ajs.add_stream(name="RESULTS", subjects=["result.>"])
+        ready = asyncio.Event()
+        task = asyncio.create_task(Jobs().serve(admin, ready=ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        await ajs.publish("job.dead", json.dumps({"id": "o1"}).encode())
+
+        async def dead() -> bool:
+            return (await ajs.stream_info("DEAD_JOBS")).state.messages == 1
+
+        await eventually(dead, 10, what="one dead letter")
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        url = server.url.replace("nats://", "nats://ops:ops-pw@")
+        for args in (["plan"], ["pause", "--until", "30s"], ["resume"], ["dlq", "ls"],
+                     ["dlq", "replay"], ["dlq", "purge", "--replayed"]):
+            done = subprocess.run(
+                [sys.executable, "-m", "amebus", *args, "tests.test_permissions:Jobs",
+                 "--server", url, "--connect-timeout", "3"], capture_output=True, text=True,
+                timeout=60)
+            assert done.returncode == 0, (args, done.stdout + done.stderr)
+        assert (await ajs.stream_info("DEAD_JOBS")).state.messages == 0  # purged
+        assert "Permissions Violation" not in server.log_tail(400)
+    finally:
+        await admin.close()
+        await server.stop()
