@@ -13,6 +13,8 @@ parser workaround is not installed, and a dead connection is left to nats-py's o
 - :func:`replace_connection`: nats-py has no public "this connection is dead, reconnect now";
   its own stale-connection path (``_process_op_err``) is used, after aborting the socket so
   that closing it cannot wait forever for a write buffer a dead peer never drains.
+- :func:`auth_required`: whether the server asked for credentials (the private
+  ``_server_info``; None when it is not there).
 - :func:`last_error`: nats-py reports why it lost a connection only to ``error_cb``, which
   belongs to the user; a wrapper keeps the last error (chaining to the user's callback).
 """
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from nats.aio.client import Client
 
-__all__ = ["detection_seconds", "install_parser", "last_error", "on_error",
+__all__ = ["auth_required", "detection_seconds", "install_parser", "last_error", "on_error",
            "replace_connection", "supported"]
 
 log = logging.getLogger(__name__)
@@ -129,6 +131,15 @@ def last_error(nc: Client) -> BaseException | None:
         nc._amebus_errors = recorder  # type: ignore[attr-defined]
     error: BaseException | None = recorder.error
     return error
+
+
+def auth_required(nc: Client) -> bool | None:
+    """Whether the server asked ``nc`` to authenticate (its INFO's ``auth_required``); None
+    if unknown. nats-py 2.16 keeps the INFO only in the private ``_server_info``."""
+    info = getattr(nc, "_server_info", None)
+    if not isinstance(info, dict):
+        return None
+    return bool(info.get("auth_required"))
 
 
 def on_error(nc: Client, listener: Any) -> bool:

@@ -90,14 +90,16 @@ async def explained(violations: list[str], step: Awaitable[T]) -> T:
 
 
 def note_shared_inbox(nc: Client, service: type[Any]) -> None:
-    """Log once per connection (INFO) that ``nc`` replies on the shared ``_INBOX``: every user
-    allowed ``_INBOX.>`` can read its replies. Cheap: ``new_inbox()`` is public."""
+    """Log once per connection that ``nc`` replies on the shared ``_INBOX`` (every user allowed
+    ``_INBOX.>`` can read its replies): a WARNING on a server that asks for credentials, INFO
+    on one that does not. Cheap: ``new_inbox()`` is public."""
+    from amebus import _natsio
+
     if getattr(nc, "_amebus_inbox_noted", False) or not nc.new_inbox().startswith("_INBOX."):
         return
     with contextlib.suppress(AttributeError):
         nc._amebus_inbox_noted = True  # type: ignore[attr-defined]
-    log.info("%s: the connection replies on the shared _INBOX prefix; connect with "
-             "inbox_prefix=%r to receive replies on a private inbox (docs/security.md)",
-             service.__name__, inbox_prefix(service))
-
-
+    level = logging.WARNING if _natsio.auth_required(nc) else logging.INFO
+    log.log(level, "%s: the connection replies on the shared _INBOX prefix; connect with "
+            "inbox_prefix=%r to receive replies on a private inbox (docs/security.md)",
+            service.__name__, inbox_prefix(service))

@@ -389,3 +389,26 @@ async def test_the_operator_commands_work_with_the_operator_permissions() -> Non
     finally:
         await admin.close()
         await server.stop()
+
+
+async def test_serve_warns_once_about_the_shared_inbox(
+        caplog: pytest.LogCaptureFixture) -> None:
+    grants = permissions(Jobs).as_dict()
+    grants["subscribe"]["allow"].append("_INBOX.>")  # as a user connecting themselves has it
+    server = NatsServer(config=server_config(grants))
+    await server.start()
+    svc = await connect(server, SVC, SVC_PW)  # no inbox_prefix
+    try:
+        for _ in range(2):
+            ready = asyncio.Event()
+            task = asyncio.create_task(Jobs().serve(svc, ready=ready))
+            await asyncio.wait_for(ready.wait(), 10)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        warned = [r for r in caplog.records if "shared _INBOX" in r.getMessage()]
+        assert [r.levelname for r in warned] == ["WARNING"]
+        assert "inbox_prefix='_INBOX_Jobs'" in warned[0].getMessage()
+    finally:
+        await svc.close()
+        await server.stop()
