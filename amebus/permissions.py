@@ -210,8 +210,9 @@ def permissions(service: type[Any], *, discovery: str | bool | None = None,
     grants.append(Grant("subscribe", f"{inbox}.>", "to receive replies (private inbox)"))
     responds = _discovery_grants(service, discovery, grants)
     notes = () if _returned_known(service) else (
-        "some handler's return annotation names no Event class: add the subjects of the "
-        "events it returns (publishes=[...] / --publish)",)
+        "a handler's return annotation does not tell the subjects it may publish (none, Any, "
+        "or an event with a computed subject and no subject_pattern): add them with "
+        "publishes=[...] / --publish",)
     return Permissions(service=name, grants=tuple(grants), allow_responses=responds,
                        inbox_prefix=inbox, notes=notes,
                        target=target)
@@ -326,7 +327,12 @@ def _returned_subjects(service: type[Any]) -> list[str]:
 
 
 def _returned_known(service: type[Any]) -> bool:
-    return all(_events_in(hint)[1] for hint in _return_hints(service))
+    """True if every handler's return annotation names only events of a known subject."""
+    from amebus.events import event_pattern
+
+    found = [_events_in(hint) for hint in _return_hints(service)]
+    return all(known and all(event_pattern(e) is not None for e in events)
+               for events, known in found)
 
 
 def explain_violation(message: str, found: Permissions, target: str | None = None

@@ -412,3 +412,56 @@ async def test_serve_warns_once_about_the_shared_inbox(
     finally:
         await svc.close()
         await server.stop()
+
+
+@attrs.frozen
+class Shipped(Event):
+    subject_pattern = "order.shipped.*"
+    id: str
+
+    def subject(self) -> tuple[str, ...]:
+        return ("order", "shipped", self.id)
+
+
+@attrs.frozen
+class Computed(Event):
+    id: str
+
+    def subject(self) -> tuple[str, ...]:
+        return ("x", self.id)
+
+
+async def _ships(msg: Msg) -> list[Shipped] | None:
+    return None
+
+
+async def _unannotated(msg: Msg):  # type: ignore[no-untyped-def]
+    return None
+
+
+async def _computes(msg: Msg) -> Computed:
+    return Computed(id="1")
+
+
+class Ships(Service):
+    stream = "S"
+    ships = Route("in.a", _ships)
+
+
+class Unannotated(Ships):
+    other = Route("in.b", _unannotated)
+
+
+class Computes(Ships):
+    other = Route("in.c", _computes)
+
+
+def test_result_subjects_come_from_the_return_annotations() -> None:
+    found = permissions(Ships)
+    assert "order.shipped.*" in found.allow("publish") and found.notes == ()
+    for unclear in (Unannotated, Computes):
+        found = permissions(unclear)
+        assert "order.shipped.*" in found.allow("publish")
+        assert "publishes=[...]" in found.notes[0]
+    extra = permissions(Unannotated, publishes=["audit.>"])
+    assert "audit.>" in extra.allow("publish")
