@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amebus._cli_load import USAGE, CommandError
+from amebus._cli_tls import refuse_plain, tls_error
+from amebus._redact import redact_url
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -70,12 +72,17 @@ def _is_auth_error(exc: BaseException) -> bool:
     return any(word in text for word in ("authorization", "authentication", "permissions"))
 
 
-async def connect(url: str, args: argparse.Namespace, name: str) -> Client:
+async def connect(url: str, args: argparse.Namespace, name: str,
+                  inbox_prefix: str | None = None) -> Client:
     """Connect, reconnecting forever once connected; give up on the first attempt after
-    ``--connect-timeout`` seconds, or at once if the server refuses the credentials."""
+    ``--connect-timeout`` seconds, or at once if the server refuses the credentials.
+    ``inbox_prefix``: the service's private reply inbox (amebus.permissions.inbox_prefix);
+    default ``_INBOX_amebus``, the operator commands' own."""
     from nats.aio.client import Client
 
     options = _connect_options(args)
+    # the operator commands reply on their own inbox (amebus permissions --role operator)
+    options["inbox_prefix"] = inbox_prefix or "_INBOX_amebus"
     connected = False
     errors: list[BaseException] = []
     refused = asyncio.Event()
@@ -94,10 +101,14 @@ async def connect(url: str, args: argparse.Namespace, name: str) -> Client:
 
     async def on_reconnected() -> None:
         if connected:
-            log.warning("reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")
+            where = nc.connected_url
+            log.warning("reconnected to %s", f"{where.hostname}:{where.port}" if where else "?")
 
     nc = Client()
     servers = [s.strip() for s in url.split(",") if s.strip()]
+    plain = await refuse_plain(servers, "tls" in options, min(2.0, args.connect_timeout))
+    if plain is not None:
+        raise CommandError(plain)
     attempt = asyncio.create_task(nc.connect(
         # ping_interval 10 s x (2 + 1): nats-py finds a dead connection within 30 s by itself
         # (its defaults, 120 s x 3, take 6 minutes; docs/deployment.md)
@@ -119,6 +130,10 @@ async def connect(url: str, args: argparse.Namespace, name: str) -> Client:
         await nc.close()
     last = attempt.exception() if attempt.done() and not attempt.cancelled() else None
     last = last or (errors[-1] if errors else None)
+    tls = tls_error(last, url)
+    if tls is not None:
+        raise CommandError(tls)
+    url = redact_url(url)
     if refused.is_set():
         msg = f"the NATS server at {url} refused the credentials ({last})"
     else:
@@ -148,6 +163,7 @@ def jetstream_error(exc: BaseException, url: str) -> CommandError | None:
     from nats.errors import TimeoutError as NatsTimeout
     from nats.js.errors import ServiceUnavailableError
 
+    url = redact_url(url)
     if isinstance(exc, NoRespondersError | ServiceUnavailableError):
         return CommandError(f"the NATS server at {url} does not answer JetStream requests; "
                             f"enable JetStream on it (nats-server -js)")

@@ -203,7 +203,10 @@ async def _run_with(service: Service, args: argparse.Namespace, console: Console
         say(f"no --server or NATS_URL: started an embedded nats-server at {url}, store "
              f"{server.store_dir}")
     try:
-        nc = await connect(url, args, name=f"amebus {cls.__name__}")
+        from amebus.permissions import inbox_prefix
+
+        nc = await connect(url, args, name=f"amebus {cls.__name__}",
+                           inbox_prefix=inbox_prefix(cls))
         try:
             if stopper.signum:  # stopped while starting
                 return 0

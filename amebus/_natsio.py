@@ -14,6 +14,8 @@ a dead connection is left to nats-py's own pings.
 - :func:`replace_connection`: nats-py has no public "this connection is dead, reconnect now";
   its own stale-connection path (``_process_op_err``) is used, after aborting the socket so
   that closing it cannot wait forever for a write buffer a dead peer never drains.
+- :func:`auth_required`: whether the server asked for credentials (the private
+  ``_server_info``; None when it is not there).
 - :func:`last_error`: nats-py reports why it lost a connection only to ``error_cb``, which
   belongs to the user; a wrapper keeps the last error (chaining to the user's callback).
 """
@@ -28,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from nats.aio.client import Client
 
-__all__ = ["detection_seconds", "install_parser", "last_error", "replace_connection",
-           "supported"]
+__all__ = ["auth_required", "detection_seconds", "install_parser", "last_error", "on_error",
+           "replace_connection", "supported"]
 
 log = logging.getLogger(__name__)
 
@@ -132,14 +134,40 @@ def last_error(nc: Client) -> BaseException | None:
     return error
 
 
+def auth_required(nc: Client) -> bool | None:
+    """Whether the server asked ``nc`` to authenticate (its INFO's ``auth_required``); None
+    if unknown. nats-py 2.16 keeps the INFO only in the private ``_server_info``."""
+    info = getattr(nc, "_server_info", None)
+    if not isinstance(info, dict):
+        return None
+    return bool(info.get("auth_required"))
+
+
+def on_error(nc: Client, listener: Any) -> bool:
+    """Also call ``listener(error)`` (sync, must not raise) for every error nats-py reports
+    for ``nc``; False if the error callback could not be wrapped."""
+    last_error(nc)
+    recorder = getattr(nc, "_amebus_errors", None)
+    if recorder is None:
+        return False
+    recorder.listeners.append(listener)
+    return True
+
+
 class _ErrorRecorder:
     def __init__(self, original: Any) -> None:
         self.original = original
         self.error: BaseException | None = None
         self.at = 0.0
+        self.listeners: list[Any] = []
 
     async def __call__(self, error: Exception) -> None:
         self.error, self.at = error, time.monotonic()
+        for listener in self.listeners:
+            try:
+                listener(error)
+            except Exception:  # a listener never breaks nats-py's error path
+                log.debug("error listener failed", exc_info=True)
         await self.original(error)
 
 

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from amebus import _cli_control, _cli_dlq, _cli_plan, _cli_run, _cli_status
+from amebus import _cli_control, _cli_dlq, _cli_permissions, _cli_plan, _cli_run, _cli_status
 from amebus._cli_connect import close, connect, server_url
 from amebus._cli_load import USAGE, CommandError, say, service_class
 from amebus._version import __version__
@@ -247,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cli_dlq.add_parser(sub, conn)
     _cli_plan.add_parser(sub, conn)
     _cli_control.add_parsers(sub, conn)
+    _cli_permissions.add_parser(sub)
     return parser
 
 
@@ -277,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": lambda a: asyncio.run(_cli_status.status(a)),
         "dlq": lambda a: asyncio.run(_cli_dlq.run(a)),
         "plan": lambda a: asyncio.run(_cli_plan.run(a)),
+        "permissions": _cli_permissions.run,
         **dict.fromkeys(("pause", "resume", "reset"),
                         lambda a: asyncio.run(_cli_control.run(a))),
     }

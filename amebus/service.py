@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import attrs
 
 from amebus._checks import check_options
+from amebus._violations import explained, note_shared_inbox, watch_violations
 from amebus.codec import Codec, default_codec
 from amebus.consumer import Handler, JetStreamConsumer, RouteStats, Settings
 from amebus.deadletter import check_dead_letter_stream
 from amebus.errors import ConfigurationError, DecodeError, NoRouteError
 from amebus.events import EVENT_TYPE_HEADER
 from amebus.matcher import Matcher
+from amebus.permissions import permissions
 from amebus.provision import check_options as check_provision
 from amebus.pull import Puller
 from amebus.routing import CompiledRoute, ServiceMeta
@@ -321,8 +323,12 @@ class Service(metaclass=ServiceMeta):
             raise ConfigurationError(msg)
         nc, api_prefix = connection_of(js)
         check_server(nc)
-        stream, durable, filtered, config, (added, upto) = await bind_consumer(
-            nc.jetstream(), cls, option)
+        violations: list[str] = []
+        with contextlib.suppress(Exception):  # the sentences are a help, never a failure
+            violations = watch_violations(nc, permissions(cls, api_prefix=api_prefix, **{
+                k: v for k, v in overrides.items() if k in _SERVE_OPTIONS}))
+        stream, durable, filtered, config, (added, upto) = await explained(
+            violations, bind_consumer(nc.jetstream(), cls, option))
         settings = _effective(cls, settings, config)
         await check_dead_letter_stream(nc.jetstream(), cls.__name__, settings.dead_letter_subject,
                                        consumed=stream, routes=cls.filter_subjects,
@@ -341,6 +347,7 @@ class Service(metaclass=ServiceMeta):
                         max_bytes=_positive_int(cls, "max_bytes_in_flight",
                                                 option["max_bytes_in_flight"]))
         _warn_slow_pings(nc)
+        note_shared_inbox(nc, cls)
         # A message on the server's last delivery goes to the front: run before anything else.
         puller.urgent_at = max(consumer.limits.server_max_deliver, 0)
         consumer.first_reply = puller.first_reply

@@ -1,0 +1,344 @@
+"""The least NATS permissions a service needs, from its class and options (``amebus permissions``).
+
+Every subject below is one amebus itself touches, found by reading the code (nats-py 2.16.0
+builds the JetStream API subjects: ``js.add_consumer`` with a durable name and no ``name``
+requests ``CONSUMER.DURABLE.CREATE.<stream>.<durable>``, ``kv.get`` on a bucket with direct
+get requests ``DIRECT.GET.KV_<bucket>.$KV.<bucket>.<key>``, replies come on the client's
+inbox prefix). No grant is ``>`` on ``$JS.API``.
+
+- always: pull (``CONSUMER.MSG.NEXT``) and settle (``$JS.ACK``) on the durable, read its info
+  (bind, lag, the pull engine's health check), read the stream's info, look for an
+  interrupted catch-up durable, and receive replies on the service's own inbox;
+- ``provision`` ``update``/``adopt`` (the modes that create): create/update the stream and
+  the durable, and the catch-up durable of added routes;
+- ``max_deliver > 0``: the ``amebus_attempts`` key-value bucket, only this durable's keys;
+- a ``dead_letter_subject``: publish to it, find the stream capturing it, the gave-up
+  backstop stream over the durable's ``MAX_DELIVERIES`` advisories, and
+  ``dead_letter_stream`` when amebus creates it;
+- result events: the subjects of the events the handlers' return annotations name, plus
+  ``publishes=[...]``;
+- discovery: the ``$SRV`` subjects of the service's name and replies to the requesters
+  (``allow_responses``).
+
+The sentences for missing rights are in :mod:`amebus._violations`. A wave feature adding
+subjects (schedules, idempotency buckets, ...) adds its grants in
+:func:`_extra_grants` (the marked hook).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import typing
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import attrs
+
+from amebus.errors import ConfigurationError
+
+__all__ = ["Grant", "Permissions", "explain_violation", "inbox_prefix", "permissions"]
+
+_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+Direction = Literal["publish", "subscribe"]
+
+
+def inbox_prefix(service: type[Any] | str) -> str:
+    """The private reply inbox prefix of ``service`` (a class or a name):
+    ``_INBOX_<name>``, one subject token; connect with ``inbox_prefix=`` this."""
+    name = service if isinstance(service, str) else service.__name__
+    return "_INBOX_" + _TOKEN.sub("_", name)
+
+
+@attrs.frozen
+class Grant:
+    """One allowed subject: which direction, and what amebus needs it for."""
+
+    direction: Direction
+    subject: str
+    why: str
+
+
+@attrs.frozen
+class Permissions:
+    """The allow lists of one service (everything else denied)."""
+
+    service: str
+    grants: tuple[Grant, ...]
+    allow_responses: bool
+    inbox_prefix: str
+    notes: tuple[str, ...] = ()
+    target: str = ""  # module:Class, for the `amebus permissions` hint
+
+    def allow(self, direction: Direction) -> list[str]:
+        """The subjects allowed in ``direction``, in order, without duplicates."""
+        return list(dict.fromkeys(g.subject for g in self.grants if g.direction == direction))
+
+    def why(self, subject: str) -> str | None:
+        """What amebus needs ``subject`` for (the first grant naming it), None if not granted."""
+        return next((g.why for g in self.grants if g.subject == subject), None)
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"publish": {"allow": [...]}, "subscribe": {"allow": [...]}, ...}``: the
+        ``permissions`` block of a nats-server user."""
+        block: dict[str, Any] = {"publish": {"allow": self.allow("publish")},
+                                 "subscribe": {"allow": self.allow("subscribe")}}
+        if self.allow_responses:
+            block["allow_responses"] = True
+        return block
+
+    def to_json(self) -> str:
+        """The lists as JSON, with the reason for each subject."""
+        return json.dumps({"service": self.service, "inbox_prefix": self.inbox_prefix,
+                           "permissions": self.as_dict(),
+                           "grants": [attrs.asdict(g) for g in self.grants],
+                           "notes": list(self.notes)}, indent=2)
+
+    def to_server_config(self, user: str | None = None, password: str = "CHANGE_ME") -> str:
+        """A nats-server ``authorization { users = [...] }`` block (a placeholder password)."""
+
+        def items(subjects: list[str]) -> str:
+            return "".join(f"          {json.dumps(s)}\n" for s in subjects)
+
+        lines = [f"# amebus permissions for {self.service}; connect with inbox_prefix "
+                 f"{self.inbox_prefix!r}", *(f"# {note}" for note in self.notes),
+                 "authorization {", "  users = [", "    {",
+                 f"      user: {json.dumps(user or self.service)}",
+                 f"      password: {json.dumps(password)}", "      permissions: {",
+                 "        publish: { allow: [", items(self.allow("publish")).rstrip("\n"),
+                 "        ] }", "        subscribe: { allow: [",
+                 items(self.allow("subscribe")).rstrip("\n"), "        ] }"]
+        if self.allow_responses:
+            lines.append("        allow_responses: true")
+        lines += ["      }", "    }", "  ]", "}"]
+        return "\n".join(line for line in lines if line) + "\n"
+
+    def to_nsc(self, account: str = "ACCOUNT", user: str | None = None) -> str:
+        """The ``nsc add user`` command of an operator-mode user with these lists."""
+        args = [f"nsc add user --account {shlex.quote(account)} --name "
+                f"{shlex.quote(user or self.service)}",
+                f"--allow-pub {shlex.quote(','.join(self.allow('publish')))}",
+                f"--allow-sub {shlex.quote(','.join(self.allow('subscribe')))}"]
+        if self.allow_responses:
+            args.append("--allow-pub-response")
+        return " \\\n  ".join(args) + "\n"
+
+
+def permissions(service: type[Any], *, discovery: str | bool | None = None,
+                publishes: Iterable[str] = (), api_prefix: str = "$JS.API",
+                role: Literal["service", "operator"] = "service",
+                **options: Any) -> Permissions:
+    """The least permissions ``service`` needs as configured (``options``: serve() overrides).
+
+    Args:
+        service: the Service class.
+        discovery: the ``$SRV`` name it answers as (True: the class name); None: on if the
+            class's observer includes a Discovery.
+        publishes: more subjects its handlers publish to (events the return annotations do
+            not name, publishes of your own).
+        api_prefix: the JetStream API prefix.
+        role: ``"operator"``: the rights of the ``amebus`` operator commands (plan, status,
+            pause/resume, reset, dlq) on this service instead of the service's own.
+
+    Raises:
+        ConfigurationError: no stream, or an unknown option.
+    """
+    from amebus.provision import check_options
+    from amebus.service import _SERVE_OPTIONS, _settings
+
+    unknown = sorted(set(options) - set(_SERVE_OPTIONS))
+    if unknown:
+        msg = f"permissions(): unknown option(s) {unknown!r}; use serve()'s option names"
+        raise ConfigurationError(msg)
+    option = {name: options.get(name, getattr(service, name)) for name in _SERVE_OPTIONS}
+    name = service.__name__
+    stream = option["stream"]
+    if not stream:
+        msg = f"{name} has no stream; set it on the class or pass stream='ORDERS'"
+        raise ConfigurationError(msg)
+    durable = option["durable"] or name
+    check_options(name, option)
+    settings = _settings(service, {k: v for k, v in options.items() if k in option})
+    creates = option["provision"] in ("update", "adopt")
+    api = api_prefix
+    target = f"{service.__module__}:{service.__qualname__}"
+    if role == "operator":
+        from amebus._permissions_ops import OPERATOR_INBOX, operator_grants
+
+        named = discovery if isinstance(discovery, str) else None
+        ops, ops_notes = operator_grants(service, {**option, "dead_letter_subject":
+                                                   settings.dead_letter_subject}, api, named)
+        return Permissions(service=f"{name}_operator", grants=tuple(ops),
+                           allow_responses=False, inbox_prefix=OPERATOR_INBOX,
+                           notes=tuple(ops_notes), target=target)
+    inbox = inbox_prefix(service)
+    grants: list[Grant] = []
+
+    def pub(subject: str, why: str) -> None:
+        grants.append(Grant("publish", subject, why))
+
+    pub(f"{api}.CONSUMER.MSG.NEXT.{stream}.{durable}", "to pull messages")
+    pub(f"$JS.ACK.{stream}.{durable}.>", "to acknowledge messages (ack, nak, term, progress)")
+    pub(f"{api}.CONSUMER.INFO.{stream}.{durable}",
+        "to read the durable's info (bind, lag, health)")
+    pub(f"{api}.STREAM.INFO.{stream}", "to read the stream's info")
+    pub(f"{api}.CONSUMER.INFO.{stream}.{durable}_catchup",
+        "to find an interrupted replay of added routes")
+    if creates:
+        pub(f"{api}.STREAM.CREATE.{stream}", "to create the stream (provision update/adopt)")
+        pub(f"{api}.STREAM.UPDATE.{stream}", "to add subjects to the stream (provision "
+            "update/adopt)")
+        pub(f"{api}.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+            "to create or update the durable (provision update/adopt)")
+        catchup = f"{durable}_catchup"
+        pub(f"{api}.CONSUMER.DURABLE.CREATE.{stream}.{catchup}", "to replay added routes")
+        pub(f"{api}.CONSUMER.MSG.NEXT.{stream}.{catchup}", "to replay added routes")
+        pub(f"$JS.ACK.{stream}.{catchup}.>", "to replay added routes")
+        pub(f"{api}.CONSUMER.DELETE.{stream}.{catchup}", "to finish a replay of added routes")
+        if option["new_routes"] == "skip":
+            pub(f"{api}.CONSUMER.CREATE.{stream}", "to count skipped messages of added routes")
+            pub(f"{api}.CONSUMER.DELETE.{stream}.*", "to count skipped messages of added routes")
+    if settings.max_deliver > 0:
+        grants.extend(_attempt_grants(api, stream, durable, creates))
+    if settings.dead_letter_subject is not None:
+        grants.extend(_dead_letter_grants(api, stream, durable, settings.dead_letter_subject,
+                                          option["dead_letter_stream"]))
+    for subject in dict.fromkeys([*_returned_subjects(service), *publishes]):
+        pub(subject, "to publish result events")
+    grants.extend(_extra_grants(service, option))
+    grants.append(Grant("subscribe", f"{inbox}.>", "to receive replies (private inbox)"))
+    responds = _discovery_grants(service, discovery, grants)
+    notes = () if _returned_known(service) else (
+        "a handler's return annotation does not tell the subjects it may publish (none, Any, "
+        "or an event with a computed subject and no subject_pattern): add them with "
+        "publishes=[...] / --publish",)
+    return Permissions(service=name, grants=tuple(grants), allow_responses=responds,
+                       inbox_prefix=inbox, notes=notes,
+                       target=target)
+
+
+def _attempt_grants(api: str, stream: str, durable: str, creates: bool) -> list[Grant]:
+    from amebus.attempts import BUCKET, _token
+
+    keys = f"$KV.{BUCKET}.{_token(stream)}.{_token(durable)}.>"
+    why = "to count handler attempts (bucket amebus_attempts)"
+    grants = [Grant("publish", f"{api}.STREAM.INFO.KV_{BUCKET}", why),
+              Grant("publish", keys, why),
+              Grant("publish", f"{api}.DIRECT.GET.KV_{BUCKET}.{keys}", why)]
+    if creates:
+        grants.insert(1, Grant("publish", f"{api}.STREAM.CREATE.KV_{BUCKET}",
+                               "to create the bucket amebus_attempts"))
+    return grants
+
+
+def _dead_letter_grants(api: str, stream: str, durable: str, subject: str,
+                        create: str | None) -> list[Grant]:
+    from amebus.gaveup import _DURABLE, advisory_stream
+
+    grants = [Grant("publish", subject, "to publish dead letters"),
+              Grant("publish", f"{api}.STREAM.NAMES", "to find the dead-letter stream")]
+    if create is not None:
+        why = "to create the dead_letter_stream"
+        grants += [Grant("publish", f"{api}.STREAM.INFO.{create}", why),
+                   Grant("publish", f"{api}.STREAM.CREATE.{create}", why),
+                   Grant("publish", f"{api}.STREAM.UPDATE.{create}", why)]
+    gave_up = advisory_stream(stream, durable)
+    why = "to dead-letter messages the server gave up on (MAX_DELIVERIES)"
+    grants += [Grant("publish", f"{api}.STREAM.INFO.{gave_up}", why),
+               Grant("publish", f"{api}.STREAM.CREATE.{gave_up}", why),
+               Grant("publish", f"{api}.CONSUMER.DURABLE.CREATE.{gave_up}.{_DURABLE}", why),
+               Grant("publish", f"{api}.CONSUMER.MSG.NEXT.{gave_up}.{_DURABLE}", why),
+               Grant("publish", f"$JS.ACK.{gave_up}.{_DURABLE}.>", why),
+               Grant("publish", f"{api}.STREAM.MSG.GET.{stream}", why)]
+    return grants
+
+
+def _discovery_grants(service: type[Any], discovery: str | bool | None,
+                      grants: list[Grant]) -> bool:
+    """Add the ``$SRV`` subscriptions; True if the service answers requests (discovery)."""
+    if discovery is None:
+        from amebus.telemetry.discovery import Discovery
+        from amebus.telemetry.observer import Observers
+
+        observer = getattr(service, "observer", None)
+        found = [observer, *getattr(observer, "_observers", ())] if isinstance(
+            observer, Observers) else [observer]
+        named = [o for o in found if isinstance(o, Discovery)]
+        discovery = (named[0].name or True) if named else False
+    if discovery is False:
+        return False
+    name = service.__name__ if discovery is True else discovery
+    why = "to answer service discovery ($SRV.PING/INFO/STATS)"
+    for subject in ("$SRV.*", f"$SRV.*.{name}", f"$SRV.*.{name}.*"):
+        grants.append(Grant("subscribe", subject, why))
+    return True
+
+
+def _extra_grants(service: type[Any], option: dict[str, Any]) -> list[Grant]:
+    """HOOK for wave features that add subjects (message schedules, TTL, atomic batches, the
+    idempotency bucket, ...): return their grants here. None today."""
+    return []
+
+
+def _return_hints(service: type[Any]) -> list[Any]:
+    hints: list[Any] = []
+    for route in service.routes:
+        func = getattr(route.handler, "process", route.handler)
+        try:
+            hints.append(typing.get_type_hints(func).get("return", Any))
+        except Exception:  # unresolvable annotations: unknown
+            hints.append(Any)
+    return hints
+
+
+def _events_in(hint: Any) -> tuple[list[type[Any]], bool]:
+    """The Event classes ``hint`` names, and whether it is fully known (no ``Any``)."""
+    from amebus.events import is_event_class
+
+    if hint is None or hint is type(None):
+        return [], True
+    if is_event_class(hint):
+        return [hint], True
+    args = typing.get_args(hint)
+    if not args:
+        return [], hint is not Any and isinstance(hint, type) and not is_event_class(hint)
+    found: list[type[Any]] = []
+    known = True
+    for arg in args:
+        if arg is Ellipsis:
+            continue
+        events, ok = _events_in(arg)
+        found += events
+        known = known and ok
+    return found, known
+
+
+def _returned_subjects(service: type[Any]) -> list[str]:
+    from amebus.events import event_pattern
+
+    subjects: list[str] = []
+    for hint in _return_hints(service):
+        for event in _events_in(hint)[0]:
+            pattern = event_pattern(event)
+            if pattern is not None:
+                subjects.append(".".join(pattern))
+    return subjects
+
+
+def _returned_known(service: type[Any]) -> bool:
+    """True if every handler's return annotation names only events of a known subject."""
+    from amebus.events import event_pattern
+
+    found = [_events_in(hint) for hint in _return_hints(service)]
+    return all(known and all(event_pattern(e) is not None for e in events)
+               for events, known in found)
+
+
+def explain_violation(message: str, found: Permissions, target: str | None = None
+                      ) -> str | None:
+    """One sentence for a Permissions Violation ``message`` on a subject of ``found`` (naming
+    the grant, why amebus needs it, and the line to add); None for another error."""
+    from amebus._violations import explain_violation as explain
+
+    return explain(message, found, target)
