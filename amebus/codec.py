@@ -176,14 +176,37 @@ class Codec:
     def __init__(self, converter: BaseConverter | None = None) -> None:
         self.converter = make_converter() if converter is None else converter
         self._encoders: dict[type[Any], Callable[[Any], bytes]] = {}
+        self._checks: dict[type[Any], Callable[[Any, Any], Any]] = {}
         self._decoders: dict[type[Any], Callable[[bytes], Any]] = {}
 
-    def encode(self, event: object) -> bytes:
-        """Return the JSON bytes of an attrs instance."""
+    def encode(self, event: object, *, check: bool = False) -> bytes:
+        """Return the JSON bytes of an attrs instance.
+
+        With ``check=True`` the encoded fields are first decoded back with the same strict
+        rules a consumer uses, and a field it would refuse (``order_id: str`` holding ``1``)
+        raises ``TypeError`` naming its path: publishing is as strict as decoding.
+        """
         encoder = self._encoders.get(type(event))
         if encoder is None:
             encoder = self._encoders[type(event)] = self._make_encoder(type(event))
+        if check:
+            self._check(event)
         return encoder(event)
+
+    def _check(self, event: Any) -> None:
+        cls = type(event)
+        converter = _converter_for(cls, self.converter)
+        structure = self._checks.get(cls)
+        if structure is None:
+            structure = self._checks[cls] = converter.get_structure_hook(cls)
+        try:
+            structure(converter.unstructure(event, cls), cls)
+        except (BaseValidationError, ValueError, TypeError, KeyError) as err:
+            errors = transform_error(err, "$", _format)
+            msg = (f"cannot publish {cls.__qualname__}: {'; '.join(errors)}; a consumer "
+                   f"decoding {cls.__qualname__} would refuse it: give each field a value of "
+                   f"its declared type")
+            raise TypeError(msg) from None
 
     def decode(self, cls: type[E], data: bytes) -> E:
         """Return ``data`` decoded into ``cls``; any failure is a ``DecodeError``."""

@@ -1,6 +1,7 @@
 """Typed events: attrs classes that know their subject and type name, and publish themselves.
 
-Declarations are checked once, when attrs finishes building the class; the sending is in
+Declarations are checked once, when attrs finishes building the class. ``Event.encode`` is
+the public encoding step (subject, strictly checked payload, headers); the sending is in
 :mod:`amebus.publish`.
 """
 
@@ -14,14 +15,16 @@ from typing import Any, ClassVar
 import attrs
 from cattrs import BaseConverter
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
+from nats.js.api import Header, PubAck
 
+from amebus.codec import default_codec
 from amebus.errors import ConfigurationError, SubjectError
 from amebus.subjects import matches, validate_literal, validate_pattern, validate_token
 
 __all__ = [
     "EVENT_TYPE_HEADER",
     "Event",
+    "Outgoing",
     "event_pattern",
     "is_event_class",
     "subject_of",
@@ -34,6 +37,15 @@ _SPEC = "__amebus_event__"
 _ABSTRACT = "__amebus_abstract__"
 _CLASS_ATTRIBUTES = ("subject", "subject_pattern", "event_type", "converter")
 _BAD_TYPE_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
+@attrs.frozen
+class Outgoing:
+    """What publishing an event sends: its subject, JSON payload and headers."""
+
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
 
 
 @attrs.frozen
@@ -70,7 +82,8 @@ class Event:
     ``subject()`` may also return a str, validated as a whole: prefer tokens, since
     ``f"order.shipped.{order_id}"`` with ``order_id="1.2"`` is a valid, wrong subject.
     A class with only a ``subject_pattern`` is received but never published.
-    ``event_type`` defaults to ``"module.QualName"`` and is not inherited. A class attribute
+    ``event_type`` defaults to the class's qualified name (``"OrderShipped"``, the same
+    whatever module path it is imported or run under) and is not inherited. A class attribute
     ``converter`` (a cattrs converter) replaces the codec's converter for the class.
     """
 
@@ -88,9 +101,35 @@ class Event:
         if not cls.__dict__.get(_ABSTRACT, False):
             _declare(cls)
 
+    def encode(self, *, msg_id: str | None = None,
+               headers: Mapping[str, str] | None = None) -> Outgoing:
+        """Return the subject, payload and headers publishing this event sends.
+
+        The payload is checked as strictly as a consumer decodes it, so what one amebus
+        service publishes another accepts. Raises ``SubjectError`` for an invalid subject,
+        ``TypeError`` for a field whose value a consumer would refuse (naming the field), and
+        ``ValueError`` for headers that conflict with ``Amebus-Event-Type`` or ``msg_id``.
+        """
+        spec = _spec_of(type(self))
+        subject = spec.static if spec.static is not None else subject_of(self)
+        hdrs = {EVENT_TYPE_HEADER: spec.event_type}
+        if headers:
+            hdrs = {**headers, **hdrs}
+            if headers.get(EVENT_TYPE_HEADER, spec.event_type) != spec.event_type:
+                msg = (f"headers[{EVENT_TYPE_HEADER!r}] is {headers[EVENT_TYPE_HEADER]!r}, but "
+                       f"{spec.name} is {spec.event_type!r}; amebus sets this header, drop it")
+                raise ValueError(msg)
+        if msg_id is not None:
+            if hdrs.get(Header.MSG_ID, msg_id) != msg_id:
+                msg = (f"msg_id {msg_id!r} conflicts with headers[{Header.MSG_ID.value!r}] "
+                       f"{hdrs[Header.MSG_ID]!r}; give one of them")
+                raise ValueError(msg)
+            hdrs[Header.MSG_ID] = msg_id
+        return Outgoing(subject, default_codec.encode(self, check=True), hdrs)
+
     async def publish(self, js: JetStreamContext, *, msg_id: str | None = None,
-                      headers: Mapping[str, str] | None = None,
-                      timeout: float | None = None) -> PubAck:
+                      headers: Mapping[str, str] | None = None, timeout: float | None = None,
+                      **options: Any) -> PubAck:
         """Publish this event to JetStream and return the server's ack.
 
         Args:
@@ -99,16 +138,21 @@ class Event:
                 and acks a repeat with ``duplicate=True``.
             headers: extra headers; ``Amebus-Event-Type`` is always set by amebus.
             timeout: seconds to wait for the ack; ``None`` uses the context's timeout.
+            options: ``ttl``, ``expected_last_subject_sequence``, ``expected_last_sequence``,
+                ``expected_stream``, ``at``, ``delay``, ``every``, ``cron``, ``time_zone``,
+                ``schedule_subject``: see :func:`amebus.publish.publish`.
 
         Raises:
             SubjectError: the computed subject is invalid; nothing was published.
             NoStreamError: no stream captures the subject.
+            SequenceConflictError: an expected sequence did not match; nothing was stored.
+            StreamSettingError: the stream does not allow the TTL or schedule asked for.
             PublishError: the server did not store the event, or did not answer in time.
         """
-        from amebus.publish import _prepare, _publish_one  # amebus.publish imports this module
+        from amebus.publish import publish  # amebus.publish imports this module
 
-        subject, payload, hdrs = _prepare(self, msg_id, headers)
-        return await _publish_one(js, subject, payload, hdrs, timeout)
+        return await publish(js, self, msg_id=msg_id, headers=headers, timeout=timeout,
+                             **options)
 
 
 def _declare(cls: type[Any]) -> _Spec:
@@ -224,7 +268,7 @@ def _pattern(cls: type[Any], static: str | None) -> tuple[str, ...] | None:
 
 
 def _event_type(cls: type[Any]) -> str:
-    value = cls.__dict__.get("event_type", f"{cls.__module__}.{cls.__qualname__}")
+    value = cls.__dict__.get("event_type", cls.__qualname__)
     if not isinstance(value, str) or not value or _BAD_TYPE_CHARS.search(value):
         msg = (f"{cls.__qualname__}.event_type is {value!r}; it names the class in the "
                f"{EVENT_TYPE_HEADER} header, so give a non-empty str without whitespace, "
