@@ -156,6 +156,13 @@ def _converter_for(cls: type[Any], fallback: BaseConverter) -> BaseConverter:
     return own if isinstance(own, BaseConverter) else fallback
 
 
+def _unencodable(event: object, err: Exception) -> TypeError | ValueError:
+    msg = (f"cannot encode {event!r} as JSON: {err}; give every field a JSON type (str, int, "
+           f"float, bool, None, list, dict, attrs class, enum, datetime, bytes) or register "
+           f"an unstructure hook on the converter")
+    return TypeError(msg) if isinstance(err, TypeError) else ValueError(msg)
+
+
 def _require_attrs(cls: object, where: str) -> None:
     if not (isinstance(cls, type) and attrs.has(cls)):
         msg = (f"{where} takes an attrs class such as an Event subclass, got {cls!r}; "
@@ -175,8 +182,7 @@ class Codec:
 
     def __init__(self, converter: BaseConverter | None = None) -> None:
         self.converter = make_converter() if converter is None else converter
-        self._encoders: dict[type[Any], Callable[[Any], bytes]] = {}
-        self._checks: dict[type[Any], Callable[[Any, Any], Any]] = {}
+        self._encoders: dict[type[Any], Callable[[Any, bool], bytes]] = {}
         self._decoders: dict[type[Any], Callable[[bytes], Any]] = {}
 
     def encode(self, event: object, *, check: bool = False) -> bytes:
@@ -189,24 +195,7 @@ class Codec:
         encoder = self._encoders.get(type(event))
         if encoder is None:
             encoder = self._encoders[type(event)] = self._make_encoder(type(event))
-        if check:
-            self._check(event)
-        return encoder(event)
-
-    def _check(self, event: Any) -> None:
-        cls = type(event)
-        converter = _converter_for(cls, self.converter)
-        structure = self._checks.get(cls)
-        if structure is None:
-            structure = self._checks[cls] = converter.get_structure_hook(cls)
-        try:
-            structure(converter.unstructure(event, cls), cls)
-        except (BaseValidationError, ValueError, TypeError, KeyError) as err:
-            errors = transform_error(err, "$", _format)
-            msg = (f"cannot publish {cls.__qualname__}: {'; '.join(errors)}; a consumer "
-                   f"decoding {cls.__qualname__} would refuse it: give each field a value of "
-                   f"its declared type")
-            raise TypeError(msg) from None
+        return encoder(event, check)
 
     def decode(self, cls: type[E], data: bytes) -> E:
         """Return ``data`` decoded into ``cls``; any failure is a ``DecodeError``."""
@@ -219,20 +208,34 @@ class Codec:
             decoder = self._decoders[cls] = self._make_decoder(cls)
         return decoder
 
-    def _make_encoder(self, cls: type[Any]) -> Callable[[Any], bytes]:
+    def _make_encoder(self, cls: type[Any]) -> Callable[[Any, bool], bytes]:
         _require_attrs(cls, "Codec.encode()")
-        unstructure = _converter_for(cls, self.converter).get_unstructure_hook(cls)
+        converter = _converter_for(cls, self.converter)
+        unstructure = converter.get_unstructure_hook(cls)
+        structure = converter.get_structure_hook(cls)
 
-        def encode(event: Any) -> bytes:
+        def check(obj: Any) -> None:
             try:
-                return _dumps(unstructure(event))
+                structure(obj, cls)
+            except (BaseValidationError, ValueError, TypeError, KeyError) as err:
+                errors = transform_error(err, "$", _format)
+                msg = (f"cannot publish {cls.__qualname__}: {'; '.join(errors)}; a consumer "
+                       f"decoding {cls.__qualname__} would refuse it: give each field a value "
+                       f"of its declared type")
+                raise TypeError(msg) from None
+
+        def encode(event: Any, checked: bool) -> bytes:
+            try:
+                obj = unstructure(event)
+                if not checked:
+                    return _dumps(obj)
             except (TypeError, ValueError) as err:
-                msg = (f"cannot encode {event!r} as JSON: {err}; give every field a JSON type "
-                       f"(str, int, float, bool, None, list, dict, attrs class, enum, datetime, "
-                       f"bytes) or register an unstructure hook on the converter")
-                if isinstance(err, TypeError):
-                    raise TypeError(msg) from err
-                raise ValueError(msg) from err
+                raise _unencodable(event, err) from err
+            check(obj)  # outside the try: its TypeError already names the field
+            try:
+                return _dumps(obj)
+            except (TypeError, ValueError) as err:
+                raise _unencodable(event, err) from err
 
         return encode
 
