@@ -152,7 +152,8 @@ class _Batch:
 
 async def publish_many(js: JetStreamContext, events: Iterable[Event], *,
                        timeout: float | None = None, atomic: bool = False,
-                       ttl: float | timedelta | None = None) -> list[PubAck]:
+                       ttl: float | timedelta | None = None,
+                       headers: Mapping[str, str] | None = None) -> list[PubAck]:
     """Publish ``events`` pipelined (up to 4096 acks outstanding) and return acks in order.
 
     Every subject is computed and every payload encoded before the first event is sent.
@@ -166,6 +167,8 @@ async def publish_many(js: JetStreamContext, events: Iterable[Event], *,
         atomic: store all or none, through the server's atomic batch publish (nats-server
             >= 2.12, at most 1,000 events, all into one stream with ``allow_atomic``).
         ttl: the per-message TTL of every event (see :func:`publish`).
+        headers: extra headers for every event (a handler's results get the correlation
+            headers of their input here).
 
     Raises:
         SubjectError: an event's subject is invalid; nothing was published.
@@ -178,7 +181,7 @@ async def publish_many(js: JetStreamContext, events: Iterable[Event], *,
     items: list[_Item] = []
     for index, event in enumerate(events):
         try:
-            out = event.encode()
+            out = event.encode(headers=headers)
         except SubjectError as err:
             msg = f"events[{index}]: {err}; nothing was published"
             raise SubjectError(msg) from None

@@ -93,7 +93,7 @@ class _Recorder:
 class _Consumer(JetStreamConsumer):
     published: list[Any]
 
-    async def publish_events(self, events: list[Any]) -> None:
+    async def publish_events(self, events: list[Any], msg: Msg | None = None) -> None:
         for event in events:
             subject_of(event)  # an invalid subject fails here exactly as it would for real
         self.published.extend(events)
