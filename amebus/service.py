@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
+from amebus import once
 from amebus._checks import check_options
 from amebus.codec import Codec, default_codec
 from amebus.consumer import Handler, JetStreamConsumer, RouteStats, Settings
@@ -117,6 +118,7 @@ class _Bound:
         else:
             run = lambda msg: call(arg(msg))  # noqa: E731
         self.run: Callable[[Msg], Awaitable[Any]] = run if is_async else _awaitable(run)
+        self.run = once.wrap(self.run, route, arg)  # idempotent=, ack_sync= (amebus.once)
 
 
 def _argument(route: CompiledRoute, codec: Codec) -> Callable[[Msg], Any]:
