@@ -24,6 +24,7 @@ from amebus.errors import (
     Term,
 )
 from amebus.events import EVENT_TYPE_HEADER, Event, subject_of
+from amebus.idempotency import Idempotent
 from amebus.publish import publish_many
 from amebus.routing import CompiledRoute, Route, Router
 from amebus.service import Service, ServiceStats
@@ -42,6 +43,7 @@ __all__ = [
     "Event",
     "Failure",
     "HandlerTimeoutError",
+    "Idempotent",
     "JetStreamConsumer",
     "LoggingTracer",
     "Nak",

@@ -52,7 +52,7 @@ class _Store:
                 self.kv = await js.key_value(self.config.bucket)
             except nats.js.errors.BucketNotFoundError:
                 self.kv = await js.create_key_value(KeyValueConfig(
-                    bucket=self.config.bucket, ttl=self.config.ttl,
+                    bucket=self.config.bucket, ttl=self.config.ttl, direct=True,
                     description="amebus: messages idempotent routes have handled"))
         return self.kv
 
