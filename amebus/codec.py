@@ -76,8 +76,18 @@ def _datetime(value: Any, cls: type[Any]) -> Any:
     return cls.fromisoformat(value)
 
 
-def make_converter() -> Converter:
+def _text_bytes(value: Any, _: type[Any]) -> bytes:
+    if value.__class__ is not str:
+        raise _wrong("str", value)
+    return value.encode()
+
+
+def make_converter(*, bytes_as: str = "base64") -> Converter:
     """Return a new converter for amebus's JSON wire format.
+
+    ``bytes_as="text"`` reads and writes ``bytes`` fields as UTF-8 text instead of base64:
+    what FastStream (pydantic) sends for a ``bytes`` field. Set it on the events you share
+    with FastStream services: ``converter = make_converter(bytes_as="text")``.
 
     - attrs classes are JSON objects keyed by field name; unknown keys are ignored, so a
       producer may add fields before its consumers know them;
@@ -96,8 +106,15 @@ def make_converter() -> Converter:
     converter.register_structure_hook(int, _int)
     converter.register_structure_hook(float, _float)
     converter.register_structure_hook(bool, _bool)
-    converter.register_structure_hook(bytes, _bytes)
-    converter.register_unstructure_hook(bytes, lambda value: base64.b64encode(value).decode())
+    if bytes_as == "text":
+        converter.register_structure_hook(bytes, _text_bytes)
+        converter.register_unstructure_hook(bytes, lambda value: value.decode())
+    elif bytes_as == "base64":
+        converter.register_structure_hook(bytes, _bytes)
+        converter.register_unstructure_hook(bytes, lambda value: base64.b64encode(value).decode())
+    else:
+        msg = f"bytes_as is {bytes_as!r}; give 'base64' (amebus's default) or 'text'"
+        raise ValueError(msg)
     converter.register_structure_hook(datetime, _datetime)
     converter.register_structure_hook(date, _datetime)
     return converter
