@@ -71,11 +71,14 @@ def _token(name: str) -> str:
 
 
 def _events(result: object) -> list[Event] | None:
+    """The result events, as the consumer reads them (other values: none); ``None`` for a
+    list mixing events and other values, which the consumer refuses."""
     if isinstance(result, Event):
         return [result]
-    if isinstance(result, list | tuple) and all(isinstance(e, Event) for e in result):
-        return list(result)
-    return None
+    if isinstance(result, list | tuple):
+        events = [item for item in result if isinstance(item, Event)]
+        return None if events and len(events) != len(result) else events
+    return []
 
 
 def wrap(run: Callable[[Msg], Awaitable[Any]], route: CompiledRoute,
@@ -106,10 +109,10 @@ def wrap(run: Callable[[Msg], Awaitable[Any]], route: CompiledRoute,
                 return await _settle(msg, ack_sync)
         result = await run(msg)
         events = _events(result)
-        if result is not None and events is None:
-            return result  # not events: the consumer refuses it as it would without this
+        if events is None:
+            return result  # mixed: the consumer refuses it as it would without this
         headers = correlation_headers(msg)
-        for index, event in enumerate(events or ()):
+        for index, event in enumerate(events):
             msg_id = None if key is None else f"{key}:{index}"
             await publish(js, event, msg_id=msg_id, headers=headers)
         if kv is not None and key is not None:
