@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.api import Header, PubAck
 
 from amebus.atomic import send_atomic
-from amebus.errors import BatchPublishError, PublishError, SubjectError
+from amebus.errors import BatchPublishError, NoStreamError, PublishError, SubjectError
 from amebus.events import Event
 from amebus.schedules import scheduled
 from amebus.telemetry import publishing
@@ -79,11 +79,17 @@ async def publish(js: JetStreamContext, event: Event, *, msg_id: str | None = No
                              last_sequence=expected_last_sequence, stream=expected_stream))
     schedule = scheduled(out.subject, at=at, delay=delay, every=every, cron=cron,
                          time_zone=time_zone, ttl=ttl, schedule_subject=schedule_subject)
-    subject = out.subject
-    if schedule is not None:
-        subject = schedule[0]
-        hdrs.update(schedule[1])
-    return await send(js, subject, out.payload, hdrs, timeout)
+    if schedule is None:
+        return await send(js, out.subject, out.payload, hdrs, timeout)
+    hdrs.update(schedule[1])
+    try:
+        return await send(js, schedule[0], out.payload, hdrs, timeout)
+    except NoStreamError:
+        where = ".".join(schedule[0].split(".")[:3])
+        msg = (f"no stream captures the schedule subject {schedule[0]!r}, so nothing was "
+               f"scheduled; the schedule must be in the stream holding {out.subject!r}: add "
+               f"{where + '.>'!r} to that stream's subjects (or give schedule_subject=)")
+        raise NoStreamError(msg, subject=schedule[0]) from None
 
 
 async def send(js: JetStreamContext, subject: str, payload: bytes,

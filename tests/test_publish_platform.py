@@ -18,6 +18,7 @@ from nats.js.api import StreamConfig
 from amebus import Event, publish_many
 from amebus.errors import (
     BatchPublishError,
+    DecodeError,
     NoStreamError,
     PublishError,
     SequenceConflictError,
@@ -268,7 +269,8 @@ class TestSchedules:
         await js.add_stream(StreamConfig(name=made.name, subjects=[f"{made.prefix}.>"],
                                          allow_msg_schedules=True))
         try:
-            with pytest.raises(NoStreamError, match=rf"{SCHEDULE_PREFIX}\.{made.prefix}"):
+            with pytest.raises(NoStreamError, match=rf"add '{SCHEDULE_PREFIX}\.{made.prefix}"
+                                                    rf"\.>' to that stream's subjects"):
                 await Noted(made.prefix, "later", "x").publish(js, delay=60)
         finally:
             await js.delete_stream(made.name)
@@ -312,3 +314,26 @@ class TestStrictness:
         assert Paid("o", 1).encode().headers["Amebus-Event-Type"] == "Paid"
 
 
+
+
+class TestBytesAsText:
+    def test_round_trip_and_strictness(self) -> None:
+        from amebus import Codec, make_converter
+
+        @attrs.frozen
+        class Blob(Event):
+            subject = "strict.blob"
+            converter = make_converter(bytes_as="text")
+            data: bytes
+
+        codec = Codec()
+        assert Blob(b"hi").encode().payload == b'{"data":"hi"}'
+        assert codec.decode(Blob, b'{"data":"hi"}') == Blob(b"hi")
+        with pytest.raises(DecodeError, match=r"expected str, got 1 \(int\) @ \$\.data"):
+            codec.decode(Blob, b'{"data":1}')
+
+    def test_an_unknown_form_is_refused(self) -> None:
+        from amebus import make_converter
+
+        with pytest.raises(ValueError, match=r"^bytes_as is 'hex'; give 'base64'"):
+            make_converter(bytes_as="hex")
