@@ -38,7 +38,7 @@ _DONE = b"1"
 class Idempotent:
     """How a route remembers the messages it handled.
 
-    Args:
+    Attributes:
         key: computes the key from the handler's first argument (the decoded event); default
             the message's ``Nats-Msg-Id``, else its stream and sequence.
         bucket: the key-value bucket (created on first use with this ``ttl``).

@@ -54,6 +54,8 @@ async def publish(js: JetStreamContext, event: Event, *, msg_id: str | None = No
                   time_zone: str | None = None, schedule_subject: str | None = None) -> PubAck:
     """Publish ``event`` (``Event.publish`` calls this) and return the server's ack.
 
+    ``msg_id``, ``headers`` and ``timeout``: see ``Event.publish``.
+
     Args:
         ttl: seconds (or a timedelta, at least 1 s) the server keeps the message: sets
             ``Nats-TTL``; the stream needs ``allow_msg_ttl``. On a schedule it is the TTL of
@@ -69,7 +71,6 @@ async def publish(js: JetStreamContext, event: Event, *, msg_id: str | None = No
             a schedule subject in it: ``schedule_subject``, by default
             ``amebus.schedule.<subject>.<id>`` (see :mod:`amebus.schedules`). The ack is the
             schedule's own.
-        The others: see ``Event.publish``.
     """
     out = event.encode(msg_id=msg_id, headers=headers)
     hdrs = out.headers
