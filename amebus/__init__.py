@@ -9,6 +9,7 @@ from __future__ import annotations
 from amebus._version import __version__
 from amebus.codec import Codec, make_converter
 from amebus.consumer import HandlerTimeoutError, JetStreamConsumer, Processor, RouteStats, Settings
+from amebus.correlation import CORRELATION_HEADER, correlation_id
 from amebus.errors import (
     AmebusError,
     ConfigurationError,
@@ -17,16 +18,20 @@ from amebus.errors import (
     NoRouteError,
     NoStreamError,
     PublishError,
+    SequenceConflictError,
+    StreamSettingError,
     SubjectError,
     Term,
 )
 from amebus.events import EVENT_TYPE_HEADER, Event, subject_of
+from amebus.idempotency import Idempotent
 from amebus.publish import publish_many
 from amebus.routing import CompiledRoute, Route, Router
 from amebus.service import Service, ServiceStats
 from amebus.tracing import Decision, ErrorTracer, Failure, LoggingTracer
 
 __all__ = [
+    "CORRELATION_HEADER",
     "EVENT_TYPE_HEADER",
     "AmebusError",
     "Codec",
@@ -38,6 +43,7 @@ __all__ = [
     "Event",
     "Failure",
     "HandlerTimeoutError",
+    "Idempotent",
     "JetStreamConsumer",
     "LoggingTracer",
     "Nak",
@@ -48,12 +54,15 @@ __all__ = [
     "Route",
     "RouteStats",
     "Router",
+    "SequenceConflictError",
     "Service",
     "ServiceStats",
     "Settings",
+    "StreamSettingError",
     "SubjectError",
     "Term",
     "__version__",
+    "correlation_id",
     "make_converter",
     "publish_many",
     "subject_of",

@@ -76,8 +76,18 @@ def _datetime(value: Any, cls: type[Any]) -> Any:
     return cls.fromisoformat(value)
 
 
-def make_converter() -> Converter:
+def _text_bytes(value: Any, _: type[Any]) -> bytes:
+    if value.__class__ is not str:
+        raise _wrong("str", value)
+    return value.encode()
+
+
+def make_converter(*, bytes_as: str = "base64") -> Converter:
     """Return a new converter for amebus's JSON wire format.
+
+    ``bytes_as="text"`` reads and writes ``bytes`` fields as UTF-8 text instead of base64:
+    what FastStream (pydantic) sends for a ``bytes`` field. Set it on the events you share
+    with FastStream services: ``converter = make_converter(bytes_as="text")``.
 
     - attrs classes are JSON objects keyed by field name; unknown keys are ignored, so a
       producer may add fields before its consumers know them;
@@ -96,8 +106,15 @@ def make_converter() -> Converter:
     converter.register_structure_hook(int, _int)
     converter.register_structure_hook(float, _float)
     converter.register_structure_hook(bool, _bool)
-    converter.register_structure_hook(bytes, _bytes)
-    converter.register_unstructure_hook(bytes, lambda value: base64.b64encode(value).decode())
+    if bytes_as == "text":
+        converter.register_structure_hook(bytes, _text_bytes)
+        converter.register_unstructure_hook(bytes, lambda value: value.decode())
+    elif bytes_as == "base64":
+        converter.register_structure_hook(bytes, _bytes)
+        converter.register_unstructure_hook(bytes, lambda value: base64.b64encode(value).decode())
+    else:
+        msg = f"bytes_as is {bytes_as!r}; give 'base64' (amebus's default) or 'text'"
+        raise ValueError(msg)
     converter.register_structure_hook(datetime, _datetime)
     converter.register_structure_hook(date, _datetime)
     return converter
@@ -156,6 +173,13 @@ def _converter_for(cls: type[Any], fallback: BaseConverter) -> BaseConverter:
     return own if isinstance(own, BaseConverter) else fallback
 
 
+def _unencodable(event: object, err: Exception) -> TypeError | ValueError:
+    msg = (f"cannot encode {event!r} as JSON: {err}; give every field a JSON type (str, int, "
+           f"float, bool, None, list, dict, attrs class, enum, datetime, bytes) or register "
+           f"an unstructure hook on the converter")
+    return TypeError(msg) if isinstance(err, TypeError) else ValueError(msg)
+
+
 def _require_attrs(cls: object, where: str) -> None:
     if not (isinstance(cls, type) and attrs.has(cls)):
         msg = (f"{where} takes an attrs class such as an Event subclass, got {cls!r}; "
@@ -175,15 +199,20 @@ class Codec:
 
     def __init__(self, converter: BaseConverter | None = None) -> None:
         self.converter = make_converter() if converter is None else converter
-        self._encoders: dict[type[Any], Callable[[Any], bytes]] = {}
+        self._encoders: dict[type[Any], Callable[[Any, bool], bytes]] = {}
         self._decoders: dict[type[Any], Callable[[bytes], Any]] = {}
 
-    def encode(self, event: object) -> bytes:
-        """Return the JSON bytes of an attrs instance."""
+    def encode(self, event: object, *, check: bool = False) -> bytes:
+        """Return the JSON bytes of an attrs instance.
+
+        With ``check=True`` the encoded fields are first decoded back with the same strict
+        rules a consumer uses, and a field it would refuse (``order_id: str`` holding ``1``)
+        raises ``TypeError`` naming its path: publishing is as strict as decoding.
+        """
         encoder = self._encoders.get(type(event))
         if encoder is None:
             encoder = self._encoders[type(event)] = self._make_encoder(type(event))
-        return encoder(event)
+        return encoder(event, check)
 
     def decode(self, cls: type[E], data: bytes) -> E:
         """Return ``data`` decoded into ``cls``; any failure is a ``DecodeError``."""
@@ -196,20 +225,34 @@ class Codec:
             decoder = self._decoders[cls] = self._make_decoder(cls)
         return decoder
 
-    def _make_encoder(self, cls: type[Any]) -> Callable[[Any], bytes]:
+    def _make_encoder(self, cls: type[Any]) -> Callable[[Any, bool], bytes]:
         _require_attrs(cls, "Codec.encode()")
-        unstructure = _converter_for(cls, self.converter).get_unstructure_hook(cls)
+        converter = _converter_for(cls, self.converter)
+        unstructure = converter.get_unstructure_hook(cls)
+        structure = converter.get_structure_hook(cls)
 
-        def encode(event: Any) -> bytes:
+        def check(obj: Any) -> None:
             try:
-                return _dumps(unstructure(event))
+                structure(obj, cls)
+            except (BaseValidationError, ValueError, TypeError, KeyError) as err:
+                errors = transform_error(err, "$", _format)
+                msg = (f"cannot publish {cls.__qualname__}: {'; '.join(errors)}; a consumer "
+                       f"decoding {cls.__qualname__} would refuse it: give each field a value "
+                       f"of its declared type")
+                raise TypeError(msg) from None
+
+        def encode(event: Any, checked: bool) -> bytes:
+            try:
+                obj = unstructure(event)
+                if not checked:
+                    return _dumps(obj)
             except (TypeError, ValueError) as err:
-                msg = (f"cannot encode {event!r} as JSON: {err}; give every field a JSON type "
-                       f"(str, int, float, bool, None, list, dict, attrs class, enum, datetime, "
-                       f"bytes) or register an unstructure hook on the converter")
-                if isinstance(err, TypeError):
-                    raise TypeError(msg) from err
-                raise ValueError(msg) from err
+                raise _unencodable(event, err) from err
+            check(obj)  # outside the try: its TypeError already names the field
+            try:
+                return _dumps(obj)
+            except (TypeError, ValueError) as err:
+                raise _unencodable(event, err) from err
 
         return encode
 

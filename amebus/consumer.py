@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 from amebus import _checks
+from amebus.correlation import correlation_headers
 from amebus.deadletter import one_line, publish_dead_letter, reply_meta
 from amebus.errors import DecodeError, Nak, NoRouteError, Term
 from amebus.settlement import (
@@ -339,7 +340,7 @@ class JetStreamConsumer:
                 stage = "post-process"
                 events = _events_of(result)
                 if events:
-                    await self.publish_events(events)
+                    await self.publish_events(events, msg)
             decision = _ACK
         except asyncio.CancelledError as cancelled:
             task = asyncio.current_task()
@@ -445,11 +446,13 @@ class JetStreamConsumer:
         await self.settle(msg, decision)
         return decision
 
-    async def publish_events(self, events: list[Any]) -> None:
-        """Publish a handler's result events, waiting for the stream to store each one."""
+    async def publish_events(self, events: list[Any], msg: Msg | None = None) -> None:
+        """Publish a handler's result events, waiting for the stream to store each one; they
+        carry ``msg``'s correlation id and trace context (:mod:`amebus.correlation`)."""
         from amebus.publish import publish_many
 
-        await publish_many(self.js, events)
+        await publish_many(self.js, events,
+                           headers=None if msg is None else correlation_headers(msg))
 
     async def _failed(self, msg: Msg, handler: Handler | None, stage: Stage,
                       error: BaseException, run: _Run, outcome: Outcome | None = None

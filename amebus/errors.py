@@ -9,6 +9,8 @@ Exception tree::
     ├── NoRouteError (LookupError)       a message's subject resolves to no route
     └── PublishError                     the server did not store a published event
         ├── NoStreamError                no stream listens on the subject
+        ├── SequenceConflictError        an expected_* sequence did not match (optimistic lock)
+        ├── StreamSettingError           the stream does not allow TTL/atomic/schedules
         └── BatchPublishError            some events of a publish_many() batch were not stored
 
 Flow-control signals are not errors and stand outside the tree: a handler raises
@@ -33,6 +35,8 @@ __all__ = [
     "NoRouteError",
     "NoStreamError",
     "PublishError",
+    "SequenceConflictError",
+    "StreamSettingError",
     "SubjectError",
     "Term",
     "check_delay",
@@ -86,6 +90,32 @@ class PublishError(AmebusError):
 
 class NoStreamError(PublishError):
     """No JetStream stream captures the subject that was published to."""
+
+
+class SequenceConflictError(PublishError):
+    """An ``expected_last_subject_sequence`` (or ``expected_last_sequence``) did not match:
+    another writer stored a message first. Nothing was stored.
+
+    Attributes:
+        actual: the last sequence the server reported, or ``None`` when it did not say
+            (inside an atomic batch it does not).
+    """
+
+    def __init__(self, message: str, *, subject: str = "", actual: int | None = None) -> None:
+        super().__init__(message, subject=subject)
+        self.actual = actual
+
+
+class StreamSettingError(PublishError):
+    """The stream does not allow what the publish asked for; nothing was stored.
+
+    Attributes:
+        setting: the ``StreamConfig`` field to set, e.g. ``"allow_msg_ttl"``.
+    """
+
+    def __init__(self, message: str, *, subject: str = "", setting: str = "") -> None:
+        super().__init__(message, subject=subject)
+        self.setting = setting
 
 
 class BatchPublishError(PublishError):

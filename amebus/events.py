@@ -1,39 +1,53 @@
 """Typed events: attrs classes that know their subject and type name, and publish themselves.
 
-Declarations are checked once, when attrs finishes building the class; the sending is in
+Declarations are checked once, when attrs finishes building the class. ``Event.encode`` is
+the public encoding step (subject, strictly checked payload, headers); the sending is in
 :mod:`amebus.publish`.
 """
 
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
 from cattrs import BaseConverter
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
+from nats.js.api import Header, PubAck
 
+from amebus._declaration import (
+    EVENT_TYPE_HEADER,
+    check_annotations,
+    check_fields,
+    event_type_of,
+    pattern_of,
+    subject_kind,
+)
+from amebus.codec import default_codec
 from amebus.errors import ConfigurationError, SubjectError
-from amebus.subjects import matches, validate_literal, validate_pattern, validate_token
+from amebus.subjects import matches, validate_literal, validate_token
 
 __all__ = [
     "EVENT_TYPE_HEADER",
     "Event",
+    "Outgoing",
     "event_pattern",
     "is_event_class",
     "subject_of",
 ]
 
-EVENT_TYPE_HEADER = "Amebus-Event-Type"
-"""The header naming the event class of a published message (its ``event_type``)."""
-
 _SPEC = "__amebus_event__"
 _ABSTRACT = "__amebus_abstract__"
-_CLASS_ATTRIBUTES = ("subject", "subject_pattern", "event_type", "converter")
-_BAD_TYPE_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
+@attrs.frozen
+class Outgoing:
+    """What publishing an event sends: its subject, JSON payload and headers."""
+
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
 
 
 @attrs.frozen
@@ -70,7 +84,8 @@ class Event:
     ``subject()`` may also return a str, validated as a whole: prefer tokens, since
     ``f"order.shipped.{order_id}"`` with ``order_id="1.2"`` is a valid, wrong subject.
     A class with only a ``subject_pattern`` is received but never published.
-    ``event_type`` defaults to ``"module.QualName"`` and is not inherited. A class attribute
+    ``event_type`` defaults to the class's qualified name (``"OrderShipped"``, the same
+    whatever module path it is imported or run under) and is not inherited. A class attribute
     ``converter`` (a cattrs converter) replaces the codec's converter for the class.
     """
 
@@ -79,7 +94,7 @@ class Event:
 
     def __init_subclass__(cls, *, abstract: bool | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _check_annotations(cls)  # before @attrs.frozen, which may fail first on field order
+        check_annotations(cls)  # before @attrs.frozen, which may fail first on field order
         if abstract is not None:  # attrs's slotted rebuild copies it along and passes None
             setattr(cls, _ABSTRACT, bool(abstract))
 
@@ -88,9 +103,35 @@ class Event:
         if not cls.__dict__.get(_ABSTRACT, False):
             _declare(cls)
 
+    def encode(self, *, msg_id: str | None = None,
+               headers: Mapping[str, str] | None = None) -> Outgoing:
+        """Return the subject, payload and headers publishing this event sends.
+
+        The payload is checked as strictly as a consumer decodes it, so what one amebus
+        service publishes another accepts. Raises ``SubjectError`` for an invalid subject,
+        ``TypeError`` for a field whose value a consumer would refuse (naming the field), and
+        ``ValueError`` for headers that conflict with ``Amebus-Event-Type`` or ``msg_id``.
+        """
+        spec = _spec_of(type(self))
+        subject = spec.static if spec.static is not None else subject_of(self)
+        hdrs = {EVENT_TYPE_HEADER: spec.event_type}
+        if headers:
+            hdrs = {**headers, **hdrs}
+            if headers.get(EVENT_TYPE_HEADER, spec.event_type) != spec.event_type:
+                msg = (f"headers[{EVENT_TYPE_HEADER!r}] is {headers[EVENT_TYPE_HEADER]!r}, but "
+                       f"{spec.name} is {spec.event_type!r}; amebus sets this header, drop it")
+                raise ValueError(msg)
+        if msg_id is not None:
+            if hdrs.get(Header.MSG_ID, msg_id) != msg_id:
+                msg = (f"msg_id {msg_id!r} conflicts with headers[{Header.MSG_ID.value!r}] "
+                       f"{hdrs[Header.MSG_ID]!r}; give one of them")
+                raise ValueError(msg)
+            hdrs[Header.MSG_ID] = msg_id
+        return Outgoing(subject, default_codec.encode(self, check=True), hdrs)
+
     async def publish(self, js: JetStreamContext, *, msg_id: str | None = None,
-                      headers: Mapping[str, str] | None = None,
-                      timeout: float | None = None) -> PubAck:
+                      headers: Mapping[str, str] | None = None, timeout: float | None = None,
+                      **options: Any) -> PubAck:
         """Publish this event to JetStream and return the server's ack.
 
         Args:
@@ -99,16 +140,21 @@ class Event:
                 and acks a repeat with ``duplicate=True``.
             headers: extra headers; ``Amebus-Event-Type`` is always set by amebus.
             timeout: seconds to wait for the ack; ``None`` uses the context's timeout.
+            options: ``ttl``, ``expected_last_subject_sequence``, ``expected_last_sequence``,
+                ``expected_stream``, ``at``, ``delay``, ``every``, ``cron``, ``time_zone``,
+                ``schedule_subject``: see :func:`amebus.publish.publish`.
 
         Raises:
             SubjectError: the computed subject is invalid; nothing was published.
             NoStreamError: no stream captures the subject.
+            SequenceConflictError: an expected sequence did not match; nothing was stored.
+            StreamSettingError: the stream does not allow the TTL or schedule asked for.
             PublishError: the server did not store the event, or did not answer in time.
         """
-        from amebus.publish import _prepare, _publish_one  # amebus.publish imports this module
+        from amebus.publish import publish  # amebus.publish imports this module
 
-        subject, payload, hdrs = _prepare(self, msg_id, headers)
-        return await _publish_one(js, subject, payload, hdrs, timeout)
+        return await publish(js, self, msg_id=msg_id, headers=headers, timeout=timeout,
+                             **options)
 
 
 def _declare(cls: type[Any]) -> _Spec:
@@ -124,16 +170,16 @@ def _declare(cls: type[Any]) -> _Spec:
     if not attrs.has(cls):
         msg = f"{name} is not an attrs class; decorate it with @attrs.frozen"
         raise ConfigurationError(msg)
-    _check_fields(cls)
-    static, compute = _subject_kind(cls)
-    pattern = _pattern(cls, static)
+    check_fields(cls)
+    static, compute = subject_kind(cls)
+    pattern = pattern_of(cls, static)
     if static is None and compute is None and pattern is None:
         msg = (f"{name} has no subject; set a static one (subject = 'order.paid'), compute it "
                f"(def subject(self) -> tuple[str, ...]: return ('order', 'paid', self.id)), "
                f"give only a subject_pattern for an event you receive but never publish, or "
                f"declare a base: class {name}(Event, abstract=True)")
         raise ConfigurationError(msg)
-    spec = _Spec(name, static, compute, pattern, _event_type(cls))
+    spec = _Spec(name, static, compute, pattern, event_type_of(cls))
     converter = inspect.getattr_static(cls, "converter", None)
     if converter is not None and not isinstance(converter, BaseConverter):
         msg = (f"{name}.converter is {converter!r}; set it to a cattrs converter, "
@@ -142,95 +188,6 @@ def _declare(cls: type[Any]) -> _Spec:
     setattr(cls, _SPEC, spec)
     setattr(cls, "event_type", spec.event_type)  # noqa: B010 - attrs.has() narrowed cls
     return spec
-
-
-def _annotated_error(cls: type[Any], attribute: str, default: object) -> ConfigurationError:
-    value = "..." if default is attrs.NOTHING else repr(default)
-    kind = "cattrs.Converter" if attribute == "converter" else "str"
-    msg = (f"{cls.__qualname__}.{attribute} is annotated, so attrs made it a field of "
-           f"the payload; write `{attribute}: ClassVar[{kind}] = {value}` or drop the "
-           f"annotation")
-    return ConfigurationError(msg)
-
-
-def _check_annotations(cls: type[Any]) -> None:
-    """The class body annotates ``subject`` (or another class attribute) without ClassVar:
-    refused when the class is created, before attrs turns it into a field (and, with a
-    default before required fields, fails with its own unrelated field-order error)."""
-    annotations = inspect.get_annotations(cls)
-    for attribute in _CLASS_ATTRIBUTES:
-        annotation = annotations.get(attribute)
-        if annotation is None or "ClassVar" in str(annotation):
-            continue
-        default = cls.__dict__.get(attribute, attrs.NOTHING)
-        plain = default is None or isinstance(default, str | int | float | tuple)
-        default = default if plain else attrs.NOTHING  # attrs.field(...): shown as "..."
-        raise _annotated_error(cls, attribute, default)
-
-
-def _check_fields(cls: type[Any]) -> None:
-    fields = attrs.fields_dict(cls)
-    for attribute in _CLASS_ATTRIBUTES:
-        if attribute in fields:
-            raise _annotated_error(cls, attribute, fields[attribute].default)
-    if "publish" in fields:
-        msg = (f"{cls.__qualname__} has a field named 'publish', which hides "
-               f"Event.publish(); rename the field")
-        raise ConfigurationError(msg)
-
-
-def _subject_kind(cls: type[Any]) -> tuple[str | None, Callable[[Any], object] | None]:
-    name = cls.__qualname__
-    subject = inspect.getattr_static(cls, "subject", None)
-    if isinstance(subject, str):
-        try:
-            return validate_literal(subject), None
-        except SubjectError as err:
-            msg = f"{name}.subject is invalid: {err}"
-            raise ConfigurationError(msg) from err
-    if inspect.isfunction(subject):
-        return None, subject
-    if isinstance(subject, property) and subject.fget is not None:
-        return None, subject.fget
-    if subject is None:
-        return None, None
-    msg = (f"{name}.subject is {subject!r} ({type(subject).__name__}); make it a str "
-           f"(subject = 'order.paid') or a method (def subject(self))")
-    raise ConfigurationError(msg)
-
-
-def _pattern(cls: type[Any], static: str | None) -> tuple[str, ...] | None:
-    name = cls.__qualname__
-    text = inspect.getattr_static(cls, "subject_pattern", None)
-    if text is None:
-        return None if static is None else tuple(static.split("."))
-    if static is not None and "subject_pattern" in cls.__dict__:
-        msg = (f"{name} declares both a static subject {static!r} and subject_pattern "
-               f"{text!r}; subject_pattern is for a subject() method, a static subject is "
-               f"its own pattern: drop subject_pattern")
-        raise ConfigurationError(msg)
-    try:
-        pattern = validate_pattern(text)
-    except SubjectError as err:
-        msg = f"{name}.subject_pattern is invalid: {err}"
-        raise ConfigurationError(msg) from err
-    if static is None:
-        return pattern
-    if not matches(pattern, static.split(".")):
-        msg = (f"{name}.subject {static!r} does not match the subject_pattern {text!r} it "
-               f"inherits; change the subject or override subject_pattern")
-        raise ConfigurationError(msg)
-    return tuple(static.split("."))
-
-
-def _event_type(cls: type[Any]) -> str:
-    value = cls.__dict__.get("event_type", f"{cls.__module__}.{cls.__qualname__}")
-    if not isinstance(value, str) or not value or _BAD_TYPE_CHARS.search(value):
-        msg = (f"{cls.__qualname__}.event_type is {value!r}; it names the class in the "
-               f"{EVENT_TYPE_HEADER} header, so give a non-empty str without whitespace, "
-               f"like 'orders.paid.v1'")
-        raise ConfigurationError(msg)
-    return value
 
 
 def _spec_of(cls: type[Any]) -> _Spec:

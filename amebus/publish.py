@@ -1,68 +1,101 @@
-"""Publishing events to JetStream: ``Event.publish`` and ``publish_many``, with the checks the
-server would otherwise answer by refusing the event or closing the connection.
+"""Publishing events to JetStream: ``Event.publish`` (through :func:`publish`) and
+``publish_many``, with the checks the server would otherwise answer by refusing the event or
+closing the connection, and the server's per-message TTL, expected sequences, schedules and
+atomic batches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
 
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import Header, PubAck
 
-from amebus.codec import default_codec
+from amebus.atomic import send_atomic
 from amebus.errors import BatchPublishError, NoStreamError, PublishError, SubjectError
-from amebus.events import EVENT_TYPE_HEADER, Event, _spec_of, subject_of
+from amebus.events import Event
+from amebus.schedules import scheduled
 from amebus.telemetry import publishing
+from amebus.wire import (
+    MAX_CONTROL_LINE,
+    MAX_SUBJECT,
+    check_size,
+    connection,
+    expectations,
+    no_stream,
+    read_ack,
+    refused,
+    ttl_header,
+)
 
-__all__ = ["DEFAULT_TIMEOUT", "MAX_CONTROL_LINE", "MAX_SUBJECT", "publish_many"]
+__all__ = ["DEFAULT_TIMEOUT", "MAX_CONTROL_LINE", "MAX_SUBJECT", "publish", "publish_many",
+           "send"]
 
 DEFAULT_TIMEOUT = 5.0
 """Seconds ``publish_many`` waits for acks when no timeout is given (nats-py's default)."""
 
-MAX_CONTROL_LINE = 4096
-"""Bytes of a publish's control line (``HPUB <subject> <reply> <sizes>``) nats-server accepts
-by default (``max_control_line``); measured on 2.15.1: a longer line is answered with
-``-ERR 'Maximum Control Line Exceeded'`` and the connection is closed (the server checks it
-only when the line spans reads, so some longer lines pass: never rely on it)."""
-
-MAX_SUBJECT = 3_968
-"""The longest subject amebus publishes: ``MAX_CONTROL_LINE`` less room for nats-py's reply
-inbox and the sizes (a default inbox prefix; a longer ``inbox_prefix`` leaves less)."""
-
 _WINDOW = 4096  # publish_many: most acks outstanding at once (nats-py's publish_async: 4000)
-_NO_RESPONDERS = "503"
+_Item = tuple[str, bytes, dict[str, str]]
 
 
-def _prepare(event: Event, msg_id: str | None,
-             headers: Mapping[str, str] | None) -> tuple[str, bytes, dict[str, str]]:
-    """Subject, payload and headers of ``event``; raises before anything is sent."""
-    spec = _spec_of(type(event))
-    subject = spec.static if spec.static is not None else subject_of(event)
-    hdrs = {EVENT_TYPE_HEADER: spec.event_type}
-    if headers:
-        hdrs = {**headers, **hdrs}
-        if headers.get(EVENT_TYPE_HEADER, spec.event_type) != spec.event_type:
-            msg = (f"headers[{EVENT_TYPE_HEADER!r}] is {headers[EVENT_TYPE_HEADER]!r}, but "
-                   f"{spec.name} is {spec.event_type!r}; amebus sets this header, drop it")
-            raise ValueError(msg)
-    if msg_id is not None:
-        if hdrs.get(Header.MSG_ID, msg_id) != msg_id:
-            msg = (f"msg_id {msg_id!r} conflicts with headers[{Header.MSG_ID.value!r}] "
-                   f"{hdrs[Header.MSG_ID]!r}; give one of them")
-            raise ValueError(msg)
-        hdrs[Header.MSG_ID] = msg_id
-    return subject, default_codec.encode(event), hdrs
+async def publish(js: JetStreamContext, event: Event, *, msg_id: str | None = None,
+                  headers: Mapping[str, str] | None = None, timeout: float | None = None,
+                  ttl: float | timedelta | None = None,
+                  expected_last_subject_sequence: int | None = None,
+                  expected_last_sequence: int | None = None, expected_stream: str | None = None,
+                  at: datetime | None = None, delay: float | timedelta | None = None,
+                  every: float | timedelta | None = None, cron: str | None = None,
+                  time_zone: str | None = None, schedule_subject: str | None = None) -> PubAck:
+    """Publish ``event`` (``Event.publish`` calls this) and return the server's ack.
+
+    ``msg_id``, ``headers`` and ``timeout``: see ``Event.publish``.
+
+    Args:
+        ttl: seconds (or a timedelta, at least 1 s) the server keeps the message: sets
+            ``Nats-TTL``; the stream needs ``allow_msg_ttl``. On a schedule it is the TTL of
+            each message the schedule produces (``Nats-Schedule-TTL``).
+        expected_last_subject_sequence: store only if the last message on the event's
+            subject has this stream sequence (0: none yet); else ``SequenceConflictError``
+            carrying the actual one. ``expected_last_sequence``: the same for the whole
+            stream; ``expected_stream``: store only into the stream of this name.
+        at: an aware datetime: the server publishes the event then (an ``@at`` schedule);
+            ``delay``: seconds or a timedelta from now. ``every``: an interval (>= 1 s) and
+            ``cron``: six cron fields with an optional IANA ``time_zone`` (server >= 2.14)
+            for a recurring event. A schedule needs ``allow_msg_schedules`` on the stream and
+            a schedule subject in it: ``schedule_subject``, by default
+            ``amebus.schedule.<subject>.<id>`` (see :mod:`amebus.schedules`). The ack is the
+            schedule's own.
+    """
+    out = event.encode(msg_id=msg_id, headers=headers)
+    hdrs = out.headers
+    if ttl is not None and at is None and delay is None and every is None and cron is None:
+        hdrs[Header.MSG_TTL] = ttl_header(ttl)
+    hdrs.update(expectations(last_subject_sequence=expected_last_subject_sequence,
+                             last_sequence=expected_last_sequence, stream=expected_stream))
+    schedule = scheduled(out.subject, at=at, delay=delay, every=every, cron=cron,
+                         time_zone=time_zone, ttl=ttl, schedule_subject=schedule_subject)
+    if schedule is None:
+        return await send(js, out.subject, out.payload, hdrs, timeout)
+    hdrs.update(schedule[1])
+    try:
+        return await send(js, schedule[0], out.payload, hdrs, timeout)
+    except NoStreamError:
+        where = ".".join(schedule[0].split(".")[:3])
+        msg = (f"no stream captures the schedule subject {schedule[0]!r}, so nothing was "
+               f"scheduled; the schedule must be in the stream holding {out.subject!r}: add "
+               f"{where + '.>'!r} to that stream's subjects (or give schedule_subject=)")
+        raise NoStreamError(msg, subject=schedule[0]) from None
 
 
-async def _publish_one(js: JetStreamContext, subject: str, payload: bytes,
-                       hdrs: dict[str, str], timeout: float | None) -> PubAck:
+async def send(js: JetStreamContext, subject: str, payload: bytes,
+               hdrs: dict[str, str], timeout: float | None = None) -> PubAck:
+    """Publish one encoded message (an ``Event.encode()`` result), telemetry included."""
     observer = publishing.current
     if observer is None:
         return await _send_one(js, subject, payload, hdrs, timeout)
@@ -78,88 +111,21 @@ async def _publish_one(js: JetStreamContext, subject: str, payload: bytes,
 
 async def _send_one(js: JetStreamContext, subject: str, payload: bytes,
                     hdrs: dict[str, str], timeout: float | None) -> PubAck:
-    _check_size(_connection(js), subject, payload, hdrs)
+    check_size(connection(js), subject, payload, hdrs)
     try:
         return await js.publish(subject, payload, timeout=timeout, headers=hdrs)
     except nats.js.errors.NoStreamResponseError:
-        raise _no_stream(subject) from None
+        raise no_stream(subject) from None
     except nats.errors.TimeoutError:
         wait = "the JetStream context's timeout" if timeout is None else f"{timeout}s"
         msg = (f"no ack for {subject!r} within {wait}; the server may or may not have stored "
                f"it: publish again with the same msg_id to stay idempotent")
         raise PublishError(msg, subject=subject) from None
     except nats.js.errors.APIError as err:
-        raise _refused(subject, err.description, err.code, err.err_code) from None
+        raise refused(subject, err.description, err.code, err.err_code, err.stream) from None
     except (nats.errors.Error, ValueError) as err:
         msg = f"publishing to {subject!r} failed: {err!r}"
         raise PublishError(msg, subject=subject) from err
-
-
-def _check_size(nc: NATS, subject: str, payload: bytes, hdrs: Mapping[str, str]) -> None:
-    """Refuse what the server would refuse: it counts headers too, and answers an oversized
-    message, or a control line over its limit, with -ERR, on which nats-py closes the
-    connection for good."""
-    limit = nc.max_payload
-    header = 12 + sum(len(k.strip().encode()) + len(v.strip().encode()) + 4
-                      for k, v in hdrs.items())
-    size = len(payload) + header
-    if size > limit:
-        msg = (f"the event for {subject!r} is {size} bytes with its headers ({len(payload)} "
-               f"of payload), over the server's max_payload of {limit} bytes; nothing was "
-               f"sent: make the event smaller or raise max_payload in the server config")
-        raise PublishError(msg, subject=subject)
-    # The reply subject nats-py uses: its request inbox (new_inbox() and a 22-character
-    # token, nats-py 2.16) for Event.publish, the batch's inbox and an index for publish_many.
-    reply = len(nc.new_inbox()) + 23
-    line = len(b"HPUB   ") + len(subject.encode()) + reply + len(str(header)) + len(str(size))
-    if line > MAX_CONTROL_LINE:
-        msg = (f"the subject {_cut(subject)} is {len(subject.encode())} bytes: with the reply "
-               f"subject and the sizes its publish line would be {line} bytes, over the "
-               f"server's control-line limit of {MAX_CONTROL_LINE} (its default "
-               f"max_control_line; it closes the connection on a longer one); nothing was "
-               f"sent: keep subjects under {MAX_SUBJECT} bytes (hash or shorten long tokens)")
-        raise SubjectError(msg)
-
-
-def _cut(subject: str) -> str:
-    if len(subject) <= 80:
-        return repr(subject)
-    return f"{subject[:60]!r}..."
-
-
-def _no_stream(subject: str) -> NoStreamError:
-    msg = (f"no JetStream stream captures the subject {subject!r}, so the event was not stored; "
-           f"create a stream whose subjects include it, e.g. {subject.split('.')[0] + '.>'!r}")
-    return NoStreamError(msg, subject=subject)
-
-
-def _refused(subject: str, description: object, code: object, err_code: object) -> PublishError:
-    msg = (f"the server did not store the event on {subject!r}: {description} "
-           f"(code {code}, err_code {err_code})")
-    return PublishError(msg, subject=subject)
-
-
-def _read_ack(msg: Msg, subject: str) -> PubAck | PublishError:
-    if msg.headers and msg.headers.get(Header.STATUS) == _NO_RESPONDERS:
-        return _no_stream(subject)
-    try:
-        reply = json.loads(msg.data)
-        if "error" in reply:
-            error = reply["error"]
-            return _refused(subject, error.get("description"), error.get("code"),
-                            error.get("err_code"))
-        return PubAck.from_response(reply)
-    except (ValueError, TypeError, AttributeError):
-        text = (f"the reply on {subject!r} is not a JetStream ack: {msg.data[:200]!r}; is a "
-                f"core subscriber answering on this subject?")
-        return PublishError(text, subject=subject)
-
-
-def _connection(js: JetStreamContext) -> NATS:
-    # nats-py has no public accessor for the connection. Its public publish_async() never
-    # resolves the future of a publish the server refuses (2.16: APIError.from_error raises
-    # inside the reply callback) and leaks its pending slot, so publish_many pipelines itself.
-    return js._nc
 
 
 class _Batch:
@@ -177,7 +143,7 @@ class _Batch:
     async def on_reply(self, msg: Msg) -> None:
         index = int(msg.subject[self.cut:])
         if self.results[index] is None:
-            self.results[index] = _read_ack(msg, self.subjects[index])
+            self.results[index] = read_ack(msg, self.subjects[index])
             self.answered += 1
             if self.sent - self.answered <= self.limit:
                 self.room.set()
@@ -192,36 +158,50 @@ class _Batch:
 
 
 async def publish_many(js: JetStreamContext, events: Iterable[Event], *,
-                       timeout: float | None = None) -> list[PubAck]:
+                       timeout: float | None = None, atomic: bool = False,
+                       ttl: float | timedelta | None = None,
+                       headers: Mapping[str, str] | None = None) -> list[PubAck]:
     """Publish ``events`` pipelined (up to 4096 acks outstanding) and return acks in order.
 
     Every subject is computed and every payload encoded before the first event is sent.
-    The batch is not atomic: on failure the events the server stored stay stored.
+    Without ``atomic`` the batch is not atomic: on failure the events the server stored stay
+    stored.
 
     Args:
         js: the JetStream context to publish through.
         events: the events, published in this order.
         timeout: seconds to wait whenever acks are awaited (default ``DEFAULT_TIMEOUT``).
+        atomic: store all or none, through the server's atomic batch publish (nats-server
+            >= 2.12, at most 1,000 events, all into one stream with ``allow_atomic``).
+        ttl: the per-message TTL of every event (see :func:`publish`).
+        headers: extra headers for every event (a handler's results get the correlation
+            headers of their input here).
 
     Raises:
         SubjectError: an event's subject is invalid; nothing was published.
         PublishError: an event is over the server's max_payload; nothing was published.
+        StreamSettingError: ``atomic`` (or ``ttl``) on a stream that does not allow it.
         BatchPublishError: some events were not stored; ``acks`` holds one ack or ``None``
-            per event, ``failures`` maps the index of each failed event to its error.
+            per event, ``failures`` maps the index of each failed event to its error. With
+            ``atomic`` none was stored.
     """
-    items = []
+    items: list[_Item] = []
     for index, event in enumerate(events):
         try:
-            items.append(_prepare(event, None, None))
+            out = event.encode(headers=headers)
         except SubjectError as err:
             msg = f"events[{index}]: {err}; nothing was published"
             raise SubjectError(msg) from None
+        if ttl is not None:
+            out.headers[Header.MSG_TTL] = ttl_header(ttl)
+        items.append((out.subject, out.payload, out.headers))
+    sender = send_atomic if atomic else _send_many
     observer = publishing.current
     if observer is None:
-        return await _send_many(js, items, timeout)
+        return await sender(js, items, timeout)
     done = observer.publish_started([s for s, _, _ in items], [h for _, _, h in items])
     try:
-        acks = await _send_many(js, items, timeout)
+        acks = await sender(js, items, timeout)
     except BaseException as exc:
         done(exc)
         raise
@@ -229,12 +209,12 @@ async def publish_many(js: JetStreamContext, events: Iterable[Event], *,
     return acks
 
 
-async def _send_many(js: JetStreamContext, items: list[tuple[str, bytes, dict[str, str]]],
+async def _send_many(js: JetStreamContext, items: list[_Item],
                      timeout: float | None) -> list[PubAck]:
-    nc = _connection(js)
+    nc = connection(js)
     for index, item in enumerate(items):
         try:
-            _check_size(nc, *item)
+            check_size(nc, *item)
         except SubjectError as err:  # over the control line: the server would close it too
             msg = f"events[{index}]: {err}; nothing was published"
             raise SubjectError(msg) from None

@@ -13,6 +13,7 @@ from typing import Any
 
 from amebus.errors import ConfigurationError
 from amebus.handlers import check_handler, describe, signature
+from amebus.idempotency import Idempotent, check_idempotent
 from amebus.matcher import Matcher
 from amebus.subjects import join, specificity, validate_pattern
 
@@ -33,12 +34,18 @@ class Route:
         pattern: a subject pattern (``*`` one token, ``>`` the rest), or an Event class.
         handler: the handler; omit it to use the Route as a method decorator.
         timeout: seconds the handler may run before it is cancelled and retried.
+        idempotent: ``True`` or an ``Idempotent(key=..., bucket=..., ttl=...)``: a message
+            this route handled is acked, not run again, when it is delivered again
+            (:mod:`amebus.idempotency`).
+        ack_sync: ack with the server's confirmation (a lost ack fails the delivery).
     """
 
-    __slots__ = ("_attr", "event", "handler", "is_method", "pattern", "timeout", "tokens")
+    __slots__ = ("_attr", "ack_sync", "event", "handler", "idempotent", "is_method", "pattern",
+                 "timeout", "tokens")
 
     def __init__(self, pattern: str | type[Any], handler: Any = None, *,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, idempotent: bool | Idempotent = False,
+                 ack_sync: bool = False) -> None:
         self.event: type[Any] | None = None
         if isinstance(pattern, type):
             self.event = pattern
@@ -48,6 +55,8 @@ class Route:
         self.handler: Any = None
         self.is_method = False
         self.timeout = timeout
+        self.idempotent = check_idempotent(idempotent, f"Route({pattern!r})")
+        self.ack_sync = bool(ack_sync)
         self._attr: str | None = None
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(
                 timeout, int | float) or not 0 < timeout < float("inf")):

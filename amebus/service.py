@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
+from amebus import once
 from amebus._checks import check_options
 from amebus._violations import explained, note_shared_inbox, watch_violations
 from amebus.codec import Codec, default_codec
@@ -122,6 +123,7 @@ class _Bound:
         else:
             run = lambda msg: call(arg(msg))  # noqa: E731
         self.run: Callable[[Msg], Awaitable[Any]] = run if is_async else _awaitable(run)
+        self.run = once.wrap(self.run, route, arg)  # idempotent=, ack_sync= (amebus.once)
 
 
 def _argument(route: CompiledRoute, codec: Codec) -> Callable[[Msg], Any]:

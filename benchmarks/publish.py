@@ -7,11 +7,14 @@ alternating order, purging the stream in between:
 
 - ``publish_many``: the events themselves (subjects computed, payloads encoded, headers set);
 - ``publish_async``: the same subjects, payloads and headers, prepared before the clock starts,
-  through nats-py's ``js.publish_async`` and one ``gather`` of its futures.
+  through nats-py's ``js.publish_async`` and one ``gather`` of its futures;
+- ``atomic``: ``publish_many(..., atomic=True)`` in batches of 1,000 (the server's limit), one
+  batch after the other.
 
 Every run must return N acks with strictly increasing sequences, or the benchmark exits 1.
-It prints msgs/s min/median/max per approach, the ratio of the medians, and the encode and
-decode cost of one event in microseconds.
+It prints msgs/s min/median/max per approach, the ratios of the medians, and the encode
+(plain, and checked as strictly as decoding, as publishing does) and decode cost of one event
+in microseconds.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import nats
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, StorageType, StreamConfig
 
+from amebus.atomic import MAX_ATOMIC
 from amebus.codec import default_codec
 from amebus.events import EVENT_TYPE_HEADER, Event, subject_of
 from amebus.publish import publish_many
@@ -92,22 +96,31 @@ async def _bench(n: int, rounds: int) -> dict[str, list[float]]:
     events = _events(n)
     items = [(subject_of(e), default_codec.encode(e), {EVENT_TYPE_HEADER: e.event_type})
              for e in events]
-    rates: dict[str, list[float]] = {"publish_many": [], "publish_async": []}
+    rates: dict[str, list[float]] = {"publish_many": [], "publish_async": [], "atomic": []}
+
+    async def atomic() -> list[PubAck]:
+        acks: list[PubAck] = []
+        for start in range(0, n, MAX_ATOMIC):
+            acks += await publish_many(js, events[start:start + MAX_ATOMIC], atomic=True)
+        return acks
+
     runs: dict[str, Callable[[], Awaitable[list[PubAck]]]] = {
         "publish_many": lambda: publish_many(js, events),
         "publish_async": lambda: _raw(js, items),
+        "atomic": atomic,
     }
     async with NatsServer(name="amebus-bench-publish") as server:
         nc = await nats.connect(server.url, allow_reconnect=False)
         js = nc.jetstream()
         await js.add_stream(StreamConfig(name=STREAM, subjects=["bench.>"],
-                                         storage=StorageType.MEMORY))
+                                         storage=StorageType.MEMORY, allow_atomic=True))
         try:
             names = list(runs)
             await _timed(runs[names[0]], "warm-up", n)  # first inbox, hook and hot paths
             await _timed(runs[names[1]], "warm-up", n)
+            await _timed(runs[names[2]], "warm-up", n)
             for round_ in range(rounds):
-                order = names if round_ % 2 == 0 else names[::-1]
+                order = names[round_ % 3:] + names[:round_ % 3]
                 for name in order:
                     await js.purge_stream(STREAM)
                     rates[name].append(await _timed(runs[name], name, n))
@@ -116,14 +129,17 @@ async def _bench(n: int, rounds: int) -> dict[str, list[float]]:
     return rates
 
 
-def _codec_costs() -> tuple[float, float, int]:
+def _codec_costs() -> tuple[float, float, float, int]:
     event = _events(1)[0]
     data = default_codec.encode(event)
     decode = default_codec.decoder(BenchOrder)
     number = 20_000
     encode_s = min(timeit.repeat(lambda: default_codec.encode(event), number=number, repeat=5))
+    checked_s = min(timeit.repeat(lambda: default_codec.encode(event, check=True),
+                                  number=number, repeat=5))
     decode_s = min(timeit.repeat(lambda: decode(data), number=number, repeat=5))
-    return encode_s / number * 1e6, decode_s / number * 1e6, len(data)
+    return (encode_s / number * 1e6, checked_s / number * 1e6, decode_s / number * 1e6,
+            len(data))
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -147,8 +163,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{max(values):>9.0f}")
     ratio = statistics.median(rates["publish_many"]) / statistics.median(rates["publish_async"])
     print(f"ratio publish_many / publish_async (medians): {ratio:.2f}")
-    encode_us, decode_us, size = _codec_costs()
-    print(f"codec, one {size}-byte event: encode {encode_us:.2f} us, decode {decode_us:.2f} us")
+    ratio = statistics.median(rates["atomic"]) / statistics.median(rates["publish_many"])
+    print(f"ratio atomic / publish_many (medians): {ratio:.2f}")
+    encode_us, checked_us, decode_us, size = _codec_costs()
+    print(f"codec, one {size}-byte event: encode {encode_us:.2f} us, checked encode (as "
+          f"publishing does) {checked_us:.2f} us, decode {decode_us:.2f} us")
     return 0
 
 

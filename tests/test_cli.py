@@ -286,7 +286,7 @@ class TestRoutes:
         assert table["routes"][1] | {"timeout": None} == {
             "pattern": "cli.ping.*", "name": "ping", "handler": "Recorder.ping",
             "takes": "event", "event": "tests.cli_services.Ping",
-            "event_type": "tests.cli_services.Ping", "with_message": False, "timeout": None}
+            "event_type": "Ping", "with_message": False, "timeout": None}
         assert table["filter_subjects"] == ["cli.ping.*", "cli.raw"]
         assert table["server_filter"] == "auto"
 

@@ -379,8 +379,8 @@ class TestEventType:
     """The wire name in ``Amebus-Event-Type``: ``module.QualName`` unless the class sets one."""
 
     def test_default(self) -> None:
-        assert OrderPaid.event_type == "test_events.OrderPaid"
-        assert Received.event_type == "test_events.Received"
+        assert OrderPaid.event_type == "OrderPaid"  # the qualified name, not the module path
+        assert Received.event_type == "Received"
 
     def test_override(self) -> None:
         assert OrderShipped.event_type == "orders.shipped.v1"
@@ -390,7 +390,7 @@ class TestEventType:
         class Later(OrderShipped):
             pass
 
-        assert Later.event_type == "test_events.TestEventType.test_not_inherited.<locals>.Later"
+        assert Later.event_type == "TestEventType.test_not_inherited.<locals>.Later"
 
     @pytest.mark.parametrize("value", ["''", "'orders paid'", "'a\\nb'", "7"])
     def test_invalid(self, value: str) -> None:
@@ -469,16 +469,16 @@ class TestPublish:
         subject, payload, headers = await stored(js, stream, ack)
         assert subject == f"{stream.prefix}.shipped.o-2"
         assert payload == {"scope": stream.prefix, "kind": "shipped", "order_id": "o-2"}
-        assert headers[EVENT_TYPE_HEADER] == "test_events.Scoped"
+        assert headers[EVENT_TYPE_HEADER] == "Scoped"
 
     async def test_extra_headers(self, js: JetStreamContext, stream: Stream) -> None:
         ack = await Scoped(stream.prefix, "a", "1").publish(js, headers={"Trace-Id": "t-1"})
         _, _, headers = await stored(js, stream, ack)
-        assert headers == {"Trace-Id": "t-1", EVENT_TYPE_HEADER: "test_events.Scoped"}
+        assert headers == {"Trace-Id": "t-1", EVENT_TYPE_HEADER: "Scoped"}
 
     async def test_a_conflicting_type_header(self, js: JetStreamContext, stream: Stream) -> None:
         with pytest.raises(ValueError, match=r"^headers\['Amebus-Event-Type'\] is 'other', but "
-                                             r"Scoped is 'test_events.Scoped'; amebus sets this "
+                                             r"Scoped is 'Scoped'; amebus sets this "
                                              r"header, drop it$"):
             await Scoped(stream.prefix, "a", "1").publish(js, headers={EVENT_TYPE_HEADER: "other"})
         assert await message_count(js, stream) == 0
@@ -559,7 +559,7 @@ class TestPublishMany:
             subject, payload, headers = await stored(js, stream, ack)
             assert subject == subject_of(event)
             assert payload["order_id"] == event.order_id
-            assert headers[EVENT_TYPE_HEADER] == "test_events.Scoped"
+            assert headers[EVENT_TYPE_HEADER] == "Scoped"
 
     async def test_more_than_the_window(self, js: JetStreamContext, stream: Stream) -> None:
         batch = [Scoped(stream.prefix, "bulk", str(i)) for i in range(publish._WINDOW * 2 + 10)]

@@ -18,7 +18,6 @@ from nats.aio.msg import Msg
 
 from amebus.consumer import JetStreamConsumer, Settings
 from amebus.events import Event, subject_of
-from amebus.publish import _prepare
 from amebus.service import Service, _settings
 from amebus.tracing import Decision, ErrorTracer, Failure
 
@@ -94,7 +93,7 @@ class _Recorder:
 class _Consumer(JetStreamConsumer):
     published: list[Any]
 
-    async def publish_events(self, events: list[Any]) -> None:
+    async def publish_events(self, events: list[Any], msg: Msg | None = None) -> None:
         for event in events:
             subject_of(event)  # an invalid subject fails here exactly as it would for real
         self.published.extend(events)
@@ -182,7 +181,8 @@ class ServiceHarness:
         if self.held:  # the pause ended by its deadline: the held ones go first
             self.released.extend(await self.resume())
         if isinstance(message, Event):  # exactly what Event.publish would send
-            subject, payload, headers = _prepare(message, None, headers)
+            out = message.encode(headers=headers)
+            subject, payload, headers = out.subject, out.payload, out.headers
         else:
             subject = message
         self._sequence += 1
