@@ -21,7 +21,7 @@ from amebus.events import Event
 from amebus.idempotency import Idempotent
 from amebus.routing import CompiledRoute
 
-__all__ = ["wrap"]
+__all__ = ["route_key_prefix", "wrap"]
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,11 @@ class _Store:
             stream, seq, _ = reply_meta(msg.reply)
             raw = (msg.headers or {}).get("Nats-Msg-Id") or f"{stream}:{seq}"
         digest = hashlib.sha256(f"{self.route}\0{raw}".encode()).hexdigest()[:40]
-        return f"{_token(self.route)}.{digest}"
+        return f"{route_key_prefix(self.route)}.{digest}"
 
 
-def _token(name: str) -> str:
+def route_key_prefix(name: str) -> str:
+    """The first key token of route ``name``'s entries (its permissions grant ``.>`` below)."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "route"
 
 

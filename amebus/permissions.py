@@ -22,7 +22,7 @@ inbox prefix). No grant is ``>`` on ``$JS.API``.
 
 The sentences for missing rights are in :mod:`amebus._violations`. A wave feature adding
 subjects (schedules, idempotency buckets, ...) adds its grants in
-:func:`_extra_grants` (the marked hook).
+:func:`_extra_grants` (features with subjects of their own: idempotent routes).
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def permissions(service: type[Any], *, discovery: str | bool | None = None,
                                           option["dead_letter_stream"]))
     for subject in dict.fromkeys([*_returned_subjects(service), *publishes]):
         pub(subject, "to publish result events")
-    grants.extend(_extra_grants(service, option))
+    grants.extend(_extra_grants(service, api, creates))
     grants.append(Grant("subscribe", f"{inbox}.>", "to receive replies (private inbox)"))
     responds = _discovery_grants(service, discovery, grants)
     notes = () if _returned_known(service) else (
@@ -275,10 +275,28 @@ def _discovery_grants(service: type[Any], discovery: str | bool | None,
     return True
 
 
-def _extra_grants(service: type[Any], option: dict[str, Any]) -> list[Grant]:
-    """HOOK for wave features that add subjects (message schedules, TTL, atomic batches, the
-    idempotency bucket, ...): return their grants here. None today."""
-    return []
+def _extra_grants(service: type[Any], api: str, creates: bool) -> list[Grant]:
+    """The subjects of features that add their own: the key-value bucket of each idempotent
+    route (``amebus.once``: looked up, created on first use, read and written under the
+    route's own key prefix). Schedules, TTL and atomic batches publish on the event subjects,
+    which the result-event grants cover."""
+    from amebus.once import route_key_prefix
+
+    grants: list[Grant] = []
+    for route in service.routes:
+        idempotent = route.route.idempotent
+        if idempotent is None:
+            continue
+        bucket = idempotent.bucket
+        why = f"to remember what idempotent route {route.name} handled (bucket {bucket})"
+        keys = f"$KV.{bucket}.{route_key_prefix(route.name)}.>"
+        grants += [Grant("publish", f"{api}.STREAM.INFO.KV_{bucket}", why),
+                   Grant("publish", keys, why),
+                   Grant("publish", f"{api}.DIRECT.GET.KV_{bucket}.{keys}", why)]
+        if creates:
+            grants.append(Grant("publish", f"{api}.STREAM.CREATE.KV_{bucket}",
+                                f"to create the bucket {bucket}"))
+    return list({(g.direction, g.subject): g for g in grants}.values())
 
 
 def _return_hints(service: type[Any]) -> list[Any]:

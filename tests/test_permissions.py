@@ -465,3 +465,56 @@ def test_result_subjects_come_from_the_return_annotations() -> None:
         assert "publishes=[...]" in found.notes[0]
     extra = permissions(Unannotated, publishes=["audit.>"])
     assert "audit.>" in extra.allow("publish")
+
+
+ONCE: list[str] = []
+
+
+async def handle_once(msg: Msg) -> None:
+    ONCE.append(json.loads(msg.data)["id"])
+
+
+class OnceJobs(Service):
+    """An idempotent route: its key-value bucket needs rights of its own."""
+
+    stream = "ONCE"
+    stream_subjects = ("once.>",)
+    ack_wait = 5.0
+    work = Route("once.*", handle_once, idempotent=True)
+
+
+async def test_an_idempotent_route_serves_with_only_the_generated_permissions() -> None:
+    """The bucket of an idempotent route is in the generated lists: served with nothing else,
+    every message runs once and is acked, with no Permissions Violation."""
+    found = permissions(OnceJobs)
+    assert "$KV.amebus_idempotency.work.>" in found.allow("publish")
+    server = NatsServer(config=server_config(found.as_dict()))
+    await server.start()
+    admin = svc = None
+    try:
+        admin = await connect(server, ADMIN, ADMIN_PW)
+        ajs = admin.jetstream()
+        svc = await connect(server, SVC, SVC_PW, inbox_prefix=inbox_prefix(OnceJobs))
+        ONCE.clear()
+        ready = asyncio.Event()
+        task = asyncio.create_task(OnceJobs().serve(svc, ready=ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        for ident in ("a", "b", "c"):
+            await ajs.publish("once.job", json.dumps({"id": ident}).encode(),
+                              headers={"Nats-Msg-Id": f"once-{ident}"})
+        await eventually(lambda: sorted(ONCE) == ["a", "b", "c"], 10, what="three handled")
+        async def settled() -> bool:
+            info = await ajs.consumer_info("ONCE", "OnceJobs")
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        await eventually(settled, 10, what="everything acked")
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert "Permissions Violation" not in server.log_tail(400)
+    finally:
+        for nc in (svc, admin):
+            if nc is not None:
+                with contextlib.suppress(Exception):
+                    await nc.close()
+        await server.stop()
