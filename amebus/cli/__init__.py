@@ -10,7 +10,7 @@
     amebus reset module.path:ServiceClass --to-seq N | --to-time TIME
     amebus dlq ls|show|replay|purge [module.path:ServiceClass | --stream NAME] ...
 
-Only the command line (this module and its ``_cli_*`` helpers) configures logging and installs
+Only the command line (this package) configures logging and installs
 signal handlers; the library never does.
 """
 
@@ -25,10 +25,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from amebus import _cli_control, _cli_dlq, _cli_plan, _cli_run, _cli_status
-from amebus._cli_connect import close, connect, server_url
-from amebus._cli_load import USAGE, CommandError, say, service_class
 from amebus._version import __version__
+from amebus.cli import control as _cli_control
+from amebus.cli import dlq as _cli_dlq
+from amebus.cli import plan as _cli_plan
+from amebus.cli import run as _cli_run
+from amebus.cli import status as _cli_status
+from amebus.cli.connect import close, connect, server_url
+from amebus.cli.load import USAGE, CommandError, say, service_class
 from amebus.errors import SubjectError
 from amebus.service import Service
 

@@ -14,7 +14,7 @@ import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from amebus._cli_load import USAGE, CommandError
+from amebus.cli.load import USAGE, CommandError
 
 if TYPE_CHECKING:
     from nats.aio.client import Client

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from amebus._cli_load import USAGE, CommandError, service_class
-from amebus._cli_ops import with_jetstream
+from amebus.cli.load import USAGE, CommandError, service_class
+from amebus.cli.ops import with_jetstream
 from amebus.errors import ConfigurationError
 from amebus.provision import MODES, check_options
 

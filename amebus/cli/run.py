@@ -14,8 +14,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
-from amebus._cli_connect import close, connect, jetstream_error, server_url
-from amebus._cli_load import USAGE, CommandError, load_service, say
+from amebus.cli.connect import close, connect, jetstream_error, server_url
+from amebus.cli.load import USAGE, CommandError, load_service, say
 from amebus.errors import AmebusError
 from amebus.service import Service
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js.client import JetStreamContext
 
-    from amebus.testing.server import NatsServer
+    from amebus.server import NatsServer
 
 __all__ = ["AboveStatus", "Console", "run"]
 
@@ -214,7 +214,7 @@ async def _run_with(service: Service, args: argparse.Namespace, console: Console
 
 
 async def _embedded_server(store: str | None) -> NatsServer:
-    from amebus._cli_embedded import EmbeddedServer
+    from amebus.cli.embedded import EmbeddedServer
 
     try:
         server = EmbeddedServer(store_dir=store, name="amebus-embedded")
