@@ -23,10 +23,10 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
 
-    from amebus.consumer import Settings
+    from amebus.settlement import Settings
 
-__all__ = ["check_dead_letter_stream", "dead_letter_headers", "one_line", "publish_dead_letter",
-           "reply_meta"]
+__all__ = ["check_dead_letter_stream", "dead_letter_headers", "one_line", "publish_dead_letter"]
+
 
 log = logging.getLogger(__name__)
 
@@ -199,19 +199,6 @@ def _header_value(value: object) -> str:
     whole for a replay)."""
     text = value if type(value) is str else safe_text(value, None, collapse=False)
     return text if text.isprintable() else safe_text(text, None, collapse=False)
-
-
-def reply_meta(reply: str) -> tuple[str, int, int]:
-    """(stream, stream sequence, deliveries) from a JetStream reply subject."""
-    tokens = reply.split(".") if reply else []
-    try:
-        if len(tokens) == 9:
-            return tokens[2], int(tokens[5]), int(tokens[4])
-        if len(tokens) >= 11:
-            return tokens[4], int(tokens[7]), int(tokens[6])
-    except ValueError:
-        pass
-    return "", 0, 1
 
 
 def one_line(value: object, limit: int = 300) -> str:

@@ -53,7 +53,7 @@ async def test_one_line_per_settlement(nc: Client, space: Space,
             f"redelivery in 0.05s") in lines
     last = [r for r in settled if "delivery 2" in r.message]
     assert [r.levelname for r in last] == ["WARNING"]
-    assert "termed: failed on delivery 2 of 2: Nak:" in last[0].message
+    assert "termed: failed on attempt 2 of 2: Nak:" in last[0].message
     failure = [r for r in caplog.records if r.name == "amebus" and "Nak" in r.message]
     assert len(failure) == 1 and failure[0].levelname == "ERROR"
     assert failure[0].exc_info is None  # deliberate: no traceback

@@ -38,9 +38,9 @@ def add_target(parser: argparse.ArgumentParser) -> None:
 
 def serve_options(cls: type[Service], args: argparse.Namespace) -> dict[str, Any]:
     """The options serve() would bind ``cls`` with, given the command line's overrides."""
-    from amebus.service import _SERVE_OPTIONS
+    from amebus.serving import SERVE_OPTIONS
 
-    options = {name: getattr(cls, name) for name in _SERVE_OPTIONS}
+    options = {name: getattr(cls, name) for name in SERVE_OPTIONS}
     for name in ("stream", "durable", "provision"):
         if getattr(args, name, None) is not None:
             options[name] = getattr(args, name)
