@@ -92,7 +92,7 @@ consumer STREAM > DURABLE: exists, not created by amebus
   =  replay_policy    'instant'   'instant'
   =  max_waiting      512         512
   ~  ack_wait         5           2           update in place
-  ~  max_deliver      7           4           update in place
+  ~  max_deliver      7           50          update in place
   =  max_ack_pending  1000        1000
 on serve: refuse to serve: the consumer was not created by amebus and ack_wait, \
 max_deliver differ; provision 'bind' serves with it as it is, 'adopt' rewrites it
@@ -131,7 +131,7 @@ class TestPlanAndModes:
         async with serving(make_service(space.subject(">"), []), js,
                            **space.options(provision="adopt")):
             config = (await js.consumer_info(space.stream, space.durable)).config
-        assert (config.ack_wait, config.max_deliver) == (2.0, 4)
+        assert (config.ack_wait, config.max_deliver) == (2.0, 50)
         assert config.metadata is not None and config.metadata["team"] == "payments"
         assert config.metadata["amebus.service"].endswith("Ledger")
 
@@ -149,7 +149,8 @@ class TestPlanAndModes:
         config = (await js.consumer_info(space.stream, space.durable)).config
         assert (config.ack_wait, config.max_deliver) == (5.0, 7)
         handled: list[bytes] = []
-        matching = space.options(provision="verify", ack_wait=5.0, max_deliver=6)
+        matching = space.options(provision="verify", ack_wait=5.0, max_deliver=6,
+                                   server_max_deliver=7)
         async with serving(make_service(space.subject(">"), handled), js, **matching):
             await publish(js, space, "one")
             await eventually(lambda: handled == [b"one"], what="served once in sync")
