@@ -18,6 +18,7 @@ from amebus._text import safe_text
 from amebus.errors import ConfigurationError
 from amebus.subjects import matches, validate_pattern
 from amebus.tracing import Decision, ErrorTracer, Failure
+from amebus.wire import header_size
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -122,8 +123,7 @@ async def publish_dead_letter(js: JetStreamContext, subject: str, msg: Msg, fail
     ``on_copy_failed(error)``, when given, chooses the decision after a failed publish.
     """
     headers = dead_letter_headers(msg, failure)
-    size = len(msg.data) + 12 + sum(len(k.encode()) + len(v.encode()) + 4
-                                    for k, v in headers.items())
+    size = len(msg.data) + header_size(headers)
     if max_payload is not None and size > max_payload:  # the server would close the connection
         error = ValueError(
             f"the dead-letter copy would be {size} bytes with its headers, over the "

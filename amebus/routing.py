@@ -16,7 +16,7 @@ from amebus.handlers import check_handler, describe, signature
 from amebus.matcher import Matcher
 from amebus.subjects import join, specificity, validate_pattern
 
-__all__ = ["CompiledRoute", "Route", "Router", "ServiceMeta"]
+__all__ = ["CompiledRoute", "Route", "Router", "ServiceMeta", "durable_name"]
 
 _RESERVED = frozenset({"routes", "resolve", "filter_subjects", "serve", "process"})
 
@@ -180,6 +180,11 @@ class ServiceMeta(type):
     def resolve(cls, subject: str) -> CompiledRoute | None:
         """Return the route that handles ``subject`` (the most specific match), or None."""
         return cls._matcher.match(subject)
+
+
+def durable_name(cls: type[Any], given: str | None = None) -> str:
+    """The durable consumer's name: ``given``, else the class's ``durable``, else its name."""
+    return given or getattr(cls, "durable", None) or cls.__name__
 
 
 def _refuse_reserved(name: str, namespace: dict[str, Any]) -> None:

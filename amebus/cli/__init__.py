@@ -34,6 +34,7 @@ from amebus.cli import status as _cli_status
 from amebus.cli.connect import close, connect, server_url
 from amebus.cli.load import USAGE, CommandError, say, service_class
 from amebus.errors import SubjectError
+from amebus.routing import durable_name
 from amebus.service import Service
 
 __all__ = ["main"]
@@ -73,7 +74,7 @@ def _routes(args: argparse.Namespace) -> int:
         print(json.dumps({
             "service": f"{cls.__module__}.{cls.__qualname__}",
             "stream": cls.stream,
-            "durable": cls.durable or cls.__name__,
+            "durable": durable_name(cls),
             "routes": rows,
             "filter_subjects": list(cls.filter_subjects),
             "server_filter": cls.server_filter,
@@ -88,7 +89,7 @@ def _routes(args: argparse.Namespace) -> int:
         table.append((row["pattern"], row["name"], row["handler"], receives))
     widths = [max(len(line[i]) for line in table) for i in range(3)]
     print(f"{cls.__qualname__}: stream {cls.stream or '(not set)'}, durable "
-          f"{cls.durable or cls.__name__}; routes by precedence:")
+          f"{durable_name(cls)}; routes by precedence:")
     for line in table:
         cells = (cell.ljust(width) for cell, width in zip(line, [*widths, 0], strict=True))
         print(("  " + "  ".join(cells)).rstrip())

@@ -9,6 +9,7 @@ from amebus.cli.load import USAGE, CommandError, service_class
 from amebus.cli.ops import with_jetstream
 from amebus.errors import ConfigurationError
 from amebus.provision import MODES, check_options
+from amebus.routing import durable_name
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
@@ -47,7 +48,7 @@ def serve_options(cls: type[Service], args: argparse.Namespace) -> dict[str, Any
     if not options["stream"]:
         msg = f"{cls.__name__} has no stream; set it on the class or pass --stream"
         raise CommandError(msg, USAGE)
-    options["durable"] = options["durable"] or cls.__name__
+    options["durable"] = durable_name(cls, options["durable"])
     try:
         check_options(cls.__name__, options)
     except ConfigurationError as exc:

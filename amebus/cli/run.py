@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from amebus.cli.connect import close, connect, jetstream_error, server_url
 from amebus.cli.load import USAGE, CommandError, load_service, say
 from amebus.errors import AmebusError
+from amebus.routing import durable_name
 from amebus.service import Service
 
 if TYPE_CHECKING:
@@ -307,7 +308,7 @@ async def _serve(service: Service, nc: Client, url: str, overrides: dict[str, An
     task = stopper.task = asyncio.create_task(service.serve(js, ready=ready, **overrides),
                                               name="amebus-serve")
     stream = overrides.get("stream") or cls.stream or ""
-    durable = overrides.get("durable") or cls.durable or cls.__name__
+    durable = durable_name(cls, overrides.get("durable"))
     every = 1.0 if console is not None else args.status_interval
     status: asyncio.Task[None] | None = None
     try:
