@@ -239,7 +239,9 @@ async def test_crash_loop_costs_only_the_poison(
 async def test_foreign_backoff_is_cleared(server: NatsServer, ledger: Ledger,
                                           recorder: Recorder, record_dir: Path) -> None:
     """Another tool made the durable with backoff [1, 2] (which pins ack_wait to 1 s): amebus
-    clears it, so a 3 s handler runs once, kept alive by in-progress signals."""
+    clears it when told to adopt the durable (``provision='adopt'``: by default a durable
+    amebus did not create is refused), so a 3 s handler runs once, kept alive by in-progress
+    signals."""
     js = ledger.nc.jetstream()
     await js.add_consumer(STREAM, api.ConsumerConfig(
         durable_name=DURABLE, ack_policy=api.AckPolicy.EXPLICIT, max_deliver=10,
@@ -247,7 +249,7 @@ async def test_foreign_backoff_is_cleared(server: NatsServer, ledger: Ledger,
     ids = job_ids(1)
     started = time.monotonic()
     await publish_jobs(ledger.nc, ids, sleep=3.0)
-    async with _serving(ledger.nc, ack_wait=6.0, dead_letter_subject=DEAD):
+    async with _serving(ledger.nc, ack_wait=6.0, dead_letter_subject=DEAD, provision="adopt"):
         info = await js.consumer_info(STREAM, DURABLE)
         assert (info.config.backoff, info.config.ack_wait) == (None, 6.0)
         await wait_for(lambda: _all_accounted(ids, record_dir, ledger), 15, "the job")
