@@ -1,6 +1,6 @@
 """The least permissions of the operator commands for one service (``amebus permissions
 --role operator``): ``plan``, ``status``, ``pause``/``resume``, ``reset`` and ``dlq ls | show
-| replay | purge`` (amebus/plan.py, amebus/control.py, amebus/dlq, amebus/_cli_status.py)."""
+| replay | purge`` (amebus/plan.py, amebus/control.py, amebus/dlq, amebus/cli/status.py)."""
 
 from __future__ import annotations
 

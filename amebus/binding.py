@@ -25,6 +25,7 @@ from amebus.provision import (
     merged_metadata,
     refuse_foreign,
 )
+from amebus.routing import durable_name
 from amebus.settlement import server_max_deliver
 from amebus.subjects import covers, validate_pattern
 
@@ -129,7 +130,7 @@ async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping
         msg = (f"{cls.__name__} has no stream; set `stream = 'ORDERS'` on the class or pass "
                f"serve(js, stream='ORDERS')")
         raise ConfigurationError(msg)
-    durable = options["durable"] or cls.__name__
+    durable = durable_name(cls, options["durable"])
     if options.get("provision", "update") in ("verify", "bind"):  # change nothing
         return await bind_as_is(js, cls, options, stream, durable)
     stream_config = await _ensure_stream(js, cls, stream, options.get("stream_subjects"))

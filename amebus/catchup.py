@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
     from amebus.consumer import JetStreamConsumer
 
-__all__ = ["ROUTES_KEY", "added_routes", "catch_up", "recorded_routes", "routes_metadata"]
+__all__ = ["ROUTES_KEY", "added_routes", "catch_up", "catch_up_durable", "recorded_routes",
+           "routes_metadata"]
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,17 @@ async def _count(js: JetStreamContext, stream: str, subjects: list[str], upto: i
     return total
 
 
+def catch_up_durable(durable: str) -> str:
+    """The name of the durable that replays ``durable``'s added routes."""
+    return f"{durable}_catchup"
+
+
 async def catch_up(consumer: JetStreamConsumer, stream: str, durable: str,
                    added: list[str], upto: int, mode: str) -> int:
     """Replay (``mode`` ``"replay"``) or count and skip the stored messages of ``added`` up
     to stream sequence ``upto``; resume a replay left by a crash. Returns how many."""
     js = consumer.js
-    name = f"{durable}_catchup"
+    name = catch_up_durable(durable)
     try:
         info = await js.consumer_info(stream, name)
     except NotFoundError:

@@ -23,6 +23,7 @@ from nats.js.errors import APIError
 
 from amebus.binding import connection_of
 from amebus.errors import ConfigurationError
+from amebus.routing import durable_name
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
@@ -61,7 +62,7 @@ def names(service: type[Service] | Service, stream: str | None = None,
     if not name:
         msg = f"{cls.__name__} has no stream; set it on the class or pass stream="
         raise ConfigurationError(msg)
-    return name, durable or cls.durable or cls.__name__
+    return name, durable_name(cls, durable)
 
 
 def _rfc3339(when: dt.datetime) -> str:

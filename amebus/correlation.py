@@ -12,7 +12,7 @@ from __future__ import annotations
 from nats.aio.msg import Msg
 from nats.js.api import Header
 
-from amebus.deadletter import reply_meta
+from amebus.settlement import reply_meta
 
 __all__ = ["CORRELATION_HEADER", "FASTSTREAM_HEADER", "correlation_headers", "correlation_id"]
 

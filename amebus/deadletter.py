@@ -18,15 +18,16 @@ from amebus._text import safe_text
 from amebus.errors import ConfigurationError
 from amebus.subjects import matches, validate_pattern
 from amebus.tracing import Decision, ErrorTracer, Failure
+from amebus.wire import header_size
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
 
-    from amebus.consumer import Settings
+    from amebus.settlement import Settings
 
-__all__ = ["check_dead_letter_stream", "dead_letter_headers", "one_line", "publish_dead_letter",
-           "reply_meta"]
+__all__ = ["check_dead_letter_stream", "dead_letter_headers", "one_line", "publish_dead_letter"]
+
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,7 @@ async def publish_dead_letter(js: JetStreamContext, subject: str, msg: Msg, fail
     ``on_copy_failed(error)``, when given, chooses the decision after a failed publish.
     """
     headers = dead_letter_headers(msg, failure)
-    size = len(msg.data) + 12 + sum(len(k.encode()) + len(v.encode()) + 4
-                                    for k, v in headers.items())
+    size = len(msg.data) + header_size(headers)
     if max_payload is not None and size > max_payload:  # the server would close the connection
         error = ValueError(
             f"the dead-letter copy would be {size} bytes with its headers, over the "
@@ -199,19 +199,6 @@ def _header_value(value: object) -> str:
     whole for a replay)."""
     text = value if type(value) is str else safe_text(value, None, collapse=False)
     return text if text.isprintable() else safe_text(text, None, collapse=False)
-
-
-def reply_meta(reply: str) -> tuple[str, int, int]:
-    """(stream, stream sequence, deliveries) from a JetStream reply subject."""
-    tokens = reply.split(".") if reply else []
-    try:
-        if len(tokens) == 9:
-            return tokens[2], int(tokens[5]), int(tokens[4])
-        if len(tokens) >= 11:
-            return tokens[4], int(tokens[7]), int(tokens[6])
-    except ValueError:
-        pass
-    return "", 0, 1
 
 
 def one_line(value: object, limit: int = 300) -> str:

@@ -7,6 +7,9 @@ Exception tree::
     ├── ConfigurationError (TypeError)   a declaration is wrong; raised at class creation
     ├── DecodeError (ValueError)         a payload does not decode into the handler's event
     ├── NoRouteError (LookupError)       a message's subject resolves to no route
+    ├── HandlerTimeoutError (TimeoutError)  a handler ran past its timeout and was cancelled
+    ├── AttemptsExhaustedError (RuntimeError)  a redelivery whose handler already ran out of
+    │                                    attempts (failed or crashed max_deliver times)
     └── PublishError                     the server did not store a published event
         ├── NoStreamError                no stream listens on the subject
         ├── SequenceConflictError        an expected_* sequence did not match (optimistic lock)
@@ -28,9 +31,11 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_DELAY",
     "AmebusError",
+    "AttemptsExhaustedError",
     "BatchPublishError",
     "ConfigurationError",
     "DecodeError",
+    "HandlerTimeoutError",
     "Nak",
     "NoRouteError",
     "NoStreamError",
@@ -74,6 +79,14 @@ class DecodeError(AmebusError, ValueError):
 
 class NoRouteError(AmebusError, LookupError):
     """A message arrived on a subject that no route of the service handles."""
+
+
+class HandlerTimeoutError(AmebusError, TimeoutError):
+    """A handler ran past its timeout and was cancelled."""
+
+
+class AttemptsExhaustedError(AmebusError, RuntimeError):
+    """A redelivered message whose handler already failed or crashed ``max_deliver`` times."""
 
 
 class PublishError(AmebusError):

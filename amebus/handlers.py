@@ -1,7 +1,9 @@
 """What a handler receives, decided once at class creation from its signature and annotations.
 
 A handler is a function, a method, or an object with an async ``process`` method; its first
-parameter takes an Event class (or a union of them), ``bytes`` or ``nats.aio.msg.Msg``.
+parameter takes an Event class (or a union of them), ``bytes`` or ``nats.aio.msg.Msg``. At run
+time the consumer sees a :class:`Processor` or resolved :class:`Handler` routes, and publishes
+the :func:`events_of` a handler's result.
 """
 
 from __future__ import annotations
@@ -9,16 +11,71 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from amebus.errors import ConfigurationError
 from amebus.subjects import intersects, validate_pattern
 
-__all__ = ["Takes", "check_handler", "describe", "signature"]
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+    from amebus.settlement import RouteStats
+
+__all__ = ["Handler", "Processor", "Resolver", "Takes", "check_handler", "describe",
+           "events_of", "signature"]
 
 Takes = Literal["event", "message", "payload"]
 """What a handler's first parameter receives."""
+
+
+class Processor(Protocol):
+    """Anything with ``async def process(self, input)``: the seed's Processor."""
+
+    async def process(self, input: Msg, /) -> Any:
+        """Handle one message; raise to fail it, ``Nak``/``Term`` to steer settlement."""
+
+
+class Handler(Protocol):
+    """A resolved route: its name, counters, timeout (None: the settings'), and how to run it
+    on a message."""
+
+    name: str
+    stats: RouteStats
+    timeout: float | None
+    run: Callable[[Msg], Awaitable[Any]]
+
+
+class Resolver(Protocol):
+    """The routes of one processor instance: every :class:`Handler` by name, and the one a
+    subject goes to (None: no route handles it)."""
+
+    @property
+    def handlers(self) -> Mapping[str, Handler]:
+        """Every route's handler, by route name."""
+
+    def resolve(self, subject: str) -> Handler | None:
+        """The handler of ``subject``."""
+
+
+def events_of(result: Any) -> list[Any]:
+    """The events a handler returned (an Event, or a list or tuple of them; else none).
+
+    Raises:
+        TypeError: the result mixes events and other values.
+    """
+    from amebus.events import Event
+
+    if isinstance(result, Event):
+        return [result]
+    if isinstance(result, list | tuple):
+        events = [item for item in result if isinstance(item, Event)]
+        if events and len(events) != len(result):
+            msg = (f"the handler returned {result!r}, which mixes events and other values; "
+                   f"return an Event, a list of Events, or None")
+            raise TypeError(msg)
+        return events
+    return []
 
 
 def check_handler(handler: Any, where: str) -> Any:

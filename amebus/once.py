@@ -16,7 +16,7 @@ from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
 from amebus.correlation import correlation_headers
-from amebus.deadletter import reply_meta
+from amebus.settlement import reply_meta
 from amebus.events import Event
 from amebus.idempotency import Idempotent
 from amebus.routing import CompiledRoute

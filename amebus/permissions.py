@@ -145,21 +145,22 @@ def permissions(service: type[Any], *, discovery: str | bool | None = None,
         ConfigurationError: no stream, or an unknown option.
     """
     from amebus.provision import check_options
-    from amebus.service import _SERVE_OPTIONS, _settings
+    from amebus.routing import durable_name
+    from amebus.serving import SERVE_OPTIONS, settings_of
 
-    unknown = sorted(set(options) - set(_SERVE_OPTIONS))
+    unknown = sorted(set(options) - set(SERVE_OPTIONS))
     if unknown:
         msg = f"permissions(): unknown option(s) {unknown!r}; use serve()'s option names"
         raise ConfigurationError(msg)
-    option = {name: options.get(name, getattr(service, name)) for name in _SERVE_OPTIONS}
+    option = {name: options.get(name, getattr(service, name)) for name in SERVE_OPTIONS}
     name = service.__name__
     stream = option["stream"]
     if not stream:
         msg = f"{name} has no stream; set it on the class or pass stream='ORDERS'"
         raise ConfigurationError(msg)
-    durable = option["durable"] or name
+    durable = durable_name(service, option["durable"])
     check_options(name, option)
-    settings = _settings(service, {k: v for k, v in options.items() if k in option})
+    settings = settings_of(service, {k: v for k, v in options.items() if k in option})
     creates = option["provision"] in ("update", "adopt")
     api = api_prefix
     target = f"{service.__module__}:{service.__qualname__}"

@@ -13,6 +13,7 @@ from nats.js.errors import NotFoundError
 
 from amebus.binding import consumer_config, server_filters
 from amebus.provision import SERVICE_KEY, VERSION_KEY, consumer_or_none, is_owned
+from amebus.routing import durable_name
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
@@ -162,7 +163,7 @@ async def plan_service(js: JetStreamContext, cls: ServiceMeta, options: Mapping[
                        ) -> Plan:
     """Compare the service (with ``options``: the serve() options) with the server."""
     stream = options["stream"]
-    durable = options["durable"] or cls.__name__
+    durable = durable_name(cls, options["durable"])
     try:
         stream_config: api.StreamConfig | None = (await js.stream_info(stream)).config
     except NotFoundError:

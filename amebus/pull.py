@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from amebus import _natsio
 from amebus._health import ConnectionHealth, consumer_missing
 from amebus.errors import ConfigurationError
+from amebus.wire import header_size
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -218,7 +219,7 @@ class Puller:
         reply, headers = msg.reply, msg.headers
         size = len(msg.subject) + len(reply) + len(msg.data)
         if headers:
-            size += 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())
+            size += header_size(headers)
         reserved = self.reserved - size
         self.reserved = reserved if reserved > 0 else 0
         if reply:

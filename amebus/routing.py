@@ -17,7 +17,7 @@ from amebus.idempotency import Idempotent, check_idempotent
 from amebus.matcher import Matcher
 from amebus.subjects import join, specificity, validate_pattern
 
-__all__ = ["CompiledRoute", "Route", "Router", "ServiceMeta"]
+__all__ = ["CompiledRoute", "Route", "Router", "ServiceMeta", "durable_name"]
 
 _RESERVED = frozenset({"routes", "resolve", "filter_subjects", "serve", "process"})
 
@@ -40,7 +40,7 @@ class Route:
         ack_sync: ack with the server's confirmation (a lost ack fails the delivery).
     """
 
-    __slots__ = ("_attr", "ack_sync", "event", "handler", "idempotent", "is_method", "pattern",
+    __slots__ = ("ack_sync", "bound_as", "event", "handler", "idempotent", "is_method", "pattern",
                  "timeout", "tokens")
 
     def __init__(self, pattern: str | type[Any], handler: Any = None, *,
@@ -57,7 +57,8 @@ class Route:
         self.timeout = timeout
         self.idempotent = check_idempotent(idempotent, f"Route({pattern!r})")
         self.ack_sync = bool(ack_sync)
-        self._attr: str | None = None
+        self.bound_as: list[str] = []
+        """The attribute names this Route was given in class bodies (by ``__set_name__``)."""
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(
                 timeout, int | float) or not 0 < timeout < float("inf")):
             msg = (f"Route({pattern!r}) timeout={timeout!r}: give a number of seconds above 0 "
@@ -79,6 +80,12 @@ class Route:
         self.handler = func
         self.is_method = True
         return self
+
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        """Record the attribute name (``ServiceMeta`` refuses a Route bound under two names;
+        raising here would reach the user wrapped in a RuntimeError on Python 3.11)."""
+        if name not in self.bound_as:
+            self.bound_as.append(name)
 
     def __get__(self, instance: object, owner: type[Any] | None = None) -> Any:
         """On an instance, a method route reads as the bound method (handy in unit tests)."""
@@ -167,38 +174,13 @@ class ServiceMeta(type):
 
     def __new__(mcs, name: str, bases: tuple[type, ...], namespace: dict[str, Any],
                 **kwargs: Any) -> ServiceMeta:
-        for attr in _RESERVED & namespace.keys():
-            if isinstance(namespace[attr], (Route, Router)):
-                msg = (f"{name}.{attr} is a reserved Service name; give the route another "
-                       f"attribute name")
-                raise ConfigurationError(msg)
-        for attr, value in namespace.items():  # a route may only replace an inherited route
-            inherited = [vars(k)[attr] for b in bases for k in b.__mro__ if attr in vars(k)]
-            plain = [v for v in inherited if not isinstance(v, (Route, Router, type(None)))]
-            if isinstance(value, (Route, Router)) and inherited and (
-                    plain or all(v is None for v in inherited)):
-                msg = (f"{name}.{attr} = {value!r} would hide the inherited {attr!r} "
-                       f"({(plain or inherited)[0]!r}); give the route another attribute name")
-                raise ConfigurationError(msg)
-        for attr, value in namespace.items():  # a plain attribute may not hide a route
-            hidden = next((vars(k)[attr] for b in bases for k in b.__mro__
-                           if attr in vars(k)), None)
-            if isinstance(hidden, Route) and callable(value) and not isinstance(value, Route):
-                msg = (f"{name}.{attr} overrides the inherited route {hidden!r} with a plain "
-                       f"{type(value).__name__}; decorate it with @Route({hidden.pattern!r}) "
-                       f"to keep the route, or set `{attr} = None` to drop it")
-                raise ConfigurationError(msg)
-        _bind_names(name, namespace)
+        _refuse_reserved(name, namespace)
+        _refuse_hiding(name, bases, namespace)
+        _refuse_missing_handlers(name, namespace)
         localns = sys._getframe(1).f_locals  # the scope of the class statement, for hints
-        cls = super().__new__(mcs, name, bases, namespace, **kwargs)
-        declared: dict[str, tuple[Route | Router, str]] = {}
-        for klass in reversed(cls.__mro__):
-            for attr, value in vars(klass).items():
-                if isinstance(value, (Route, Router)):
-                    declared[attr] = (value, klass.__qualname__)
-                elif value is None:
-                    declared.pop(attr, None)
-        compiled = _compile(name, declared, localns)
+        cls = super().__new__(mcs, name, bases, namespace, **kwargs)  # runs __set_name__
+        _refuse_bound_twice(name, namespace)
+        compiled = _compile(name, _declared(cls), localns)
         cls.routes = tuple(sorted(compiled, key=lambda r: (specificity(r.tokens), r.tokens)))
         cls._matcher = Matcher((r.tokens, r) for r in compiled)
         cls.filter_subjects = _filter_subjects(r.tokens for r in compiled)
@@ -209,22 +191,69 @@ class ServiceMeta(type):
         return cls._matcher.match(subject)
 
 
-def _bind_names(owner: str, namespace: dict[str, Any]) -> None:
-    seen: dict[int, str] = {}
-    for attr, value in namespace.items():
-        if not isinstance(value, Route):
-            continue
-        if id(value) in seen or (value._attr is not None and value._attr != attr):
-            other = seen.get(id(value), value._attr)
-            msg = (f"{owner}: the same {value!r} is bound as both {other!r} and {attr!r}; "
-                   f"create one Route object per attribute")
+def durable_name(cls: type[Any], given: str | None = None) -> str:
+    """The durable consumer's name: ``given``, else the class's ``durable``, else its name."""
+    return given or getattr(cls, "durable", None) or cls.__name__
+
+
+def _refuse_reserved(name: str, namespace: dict[str, Any]) -> None:
+    """A route may not take a name the Service class itself uses."""
+    for attr in _RESERVED & namespace.keys():
+        if isinstance(namespace[attr], (Route, Router)):
+            msg = (f"{name}.{attr} is a reserved Service name; give the route another "
+                   f"attribute name")
             raise ConfigurationError(msg)
-        if value.handler is None:
+
+
+def _refuse_hiding(name: str, bases: tuple[type, ...], namespace: dict[str, Any]) -> None:
+    """A route may only replace an inherited route, and a plain attribute may not hide one."""
+    for attr, value in namespace.items():
+        inherited = [vars(k)[attr] for b in bases for k in b.__mro__ if attr in vars(k)]
+        plain = [v for v in inherited if not isinstance(v, (Route, Router, type(None)))]
+        if isinstance(value, (Route, Router)) and inherited and (
+                plain or all(v is None for v in inherited)):
+            msg = (f"{name}.{attr} = {value!r} would hide the inherited {attr!r} "
+                   f"({(plain or inherited)[0]!r}); give the route another attribute name")
+            raise ConfigurationError(msg)
+    for attr, value in namespace.items():
+        hidden = next((vars(k)[attr] for b in bases for k in b.__mro__
+                       if attr in vars(k)), None)
+        if isinstance(hidden, Route) and callable(value) and not isinstance(value, Route):
+            msg = (f"{name}.{attr} overrides the inherited route {hidden!r} with a plain "
+                   f"{type(value).__name__}; decorate it with @Route({hidden.pattern!r}) "
+                   f"to keep the route, or set `{attr} = None` to drop it")
+            raise ConfigurationError(msg)
+
+
+def _refuse_missing_handlers(owner: str, namespace: dict[str, Any]) -> None:
+    for attr, value in namespace.items():
+        if isinstance(value, Route) and value.handler is None:
             msg = (f"{owner}.{attr} = {value!r} has no handler; pass one as "
                    f"Route(pattern, handler) or use @Route(pattern) on a method")
             raise ConfigurationError(msg)
-        seen[id(value)] = attr
-        value._attr = attr
+
+
+def _refuse_bound_twice(owner: str, namespace: dict[str, Any]) -> None:
+    """One Route object per attribute (``bound_as`` was filled by ``Route.__set_name__``)."""
+    for value in namespace.values():
+        if isinstance(value, Route) and len(value.bound_as) > 1:
+            first, second = value.bound_as[:2]
+            msg = (f"{owner}: the same {value!r} is bound as both {first!r} and {second!r}; "
+                   f"create one Route object per attribute")
+            raise ConfigurationError(msg)
+
+
+def _declared(cls: type[Any]) -> dict[str, tuple[Route | Router, str]]:
+    """Every Route and Router along the MRO by attribute name (``None`` drops an inherited
+    one), with the qualified name of the class that declared it."""
+    declared: dict[str, tuple[Route | Router, str]] = {}
+    for klass in reversed(cls.__mro__):
+        for attr, value in vars(klass).items():
+            if isinstance(value, (Route, Router)):
+                declared[attr] = (value, klass.__qualname__)
+            elif value is None:
+                declared.pop(attr, None)
+    return declared
 
 
 def _defined_in(handler: Any, home: str) -> bool:

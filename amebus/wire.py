@@ -27,7 +27,7 @@ from amebus.errors import (
 )
 
 __all__ = ["MAX_CONTROL_LINE", "MAX_SUBJECT", "check_size", "connection", "expectations",
-           "no_stream", "read_ack", "refused", "ttl_header"]
+           "header_size", "no_stream", "read_ack", "refused", "ttl_header"]
 
 MAX_CONTROL_LINE = 4096
 """Bytes of a publish's control line (``HPUB <subject> <reply> <sizes>``) nats-server accepts
@@ -95,13 +95,21 @@ def rfc3339(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def header_size(headers: Mapping[str, str] | None) -> int:
+    """The bytes of a header block: ``NATS/1.0\\r\\n``, ``key: value\\r\\n`` per header, and the
+    closing ``\\r\\n`` (0 for no headers). Keys and values count as UTF-8 bytes, as sent: the
+    one formula for the dead-letter size check, the publish checks and the pull byte budget."""
+    if not headers:
+        return 0
+    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+
+
 def check_size(nc: NATS, subject: str, payload: bytes, hdrs: Mapping[str, str]) -> None:
     """Refuse what the server would refuse: it counts headers too, and answers an oversized
     message, or a control line over its limit, with -ERR, on which nats-py closes the
     connection for good."""
     limit = nc.max_payload
-    header = 12 + sum(len(k.strip().encode()) + len(v.strip().encode()) + 4
-                      for k, v in hdrs.items())
+    header = header_size(hdrs)
     size = len(payload) + header
     if size > limit:
         msg = (f"the event for {subject!r} is {size} bytes with its headers ({len(payload)} "

@@ -1,8 +1,4 @@
-"""The amebus row: a Service with the four routes, served until the stream is consumed.
-
-If the runtime (``amebus.Service.serve``) is not there yet the approach raises `Unavailable` and
-the benchmark skips it.
-"""
+"""The amebus row: a Service with the four routes, served until the stream is consumed."""
 
 # No ``from __future__ import annotations`` here on purpose: the event and service classes are
 # built inside a function (each run needs a fresh durable), so handler annotations must be real
@@ -15,26 +11,16 @@ from typing import Any
 import attrs
 import nats
 
+import amebus
+from amebus.telemetry import Metrics, Observers, Tracing
+from amebus.telemetry.observer import Observer
 from benchmarks._baselines import Target, Unavailable, Workload
 
 __all__ = ["amebus_serve", "build_service", "observer_for"]
 
 
 def build_service(work: Workload, target: Target) -> Any:
-    """An amebus Service on ``target.stream``/``target.durable`` whose handlers count routes.
-
-    Raises:
-        Unavailable: amebus cannot be imported or has no ``Service.serve`` yet.
-    """
-    try:
-        import amebus
-
-        amebus.Service.serve  # noqa: B018 - probe for the runtime
-        amebus.Event  # noqa: B018
-        amebus.Route  # noqa: B018
-    except (ImportError, AttributeError) as error:
-        msg = f"amebus runtime not available yet ({error})"
-        raise Unavailable(msg) from error
+    """An amebus Service on ``target.stream``/``target.durable`` whose handlers count routes."""
 
     @attrs.frozen
     class Order(amebus.Event):
@@ -79,11 +65,7 @@ def observer_for(telemetry: str) -> Any:
     ``both``, or none for ``""``."""
     if not telemetry:
         return None
-    try:
-        from amebus.telemetry import Metrics, Observers, Tracing
-    except ImportError as error:
-        raise Unavailable(f"amebus.telemetry not available ({error})") from error
-    observers = []
+    observers: list[Observer] = []
     if telemetry in ("metrics", "both"):
         try:
             observers.append(Metrics())

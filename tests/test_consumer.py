@@ -232,8 +232,8 @@ class TestReturnEvents:
         probe = Probe(ship)
         service = probe_service(space.subject("in", "*"), probe)
         async with serving(service, js, **space.options()):
-            await js.publish(space.subject("in", "o1"), b"x")
-            await asyncio.sleep(0.1)  # the outputs of o1 go before o2 in the stream
+            first = await js.publish(space.subject("in", "o1"), b"x")
+            await settled(js, space, first.seq)  # the outputs of o1 go before o2 in the stream
             last = await js.publish(space.subject("in", "o2"), b"x")
             count = 4 if as_list else 2
             await settled(js, space, last.seq)
@@ -314,7 +314,7 @@ class TestNak:
         async with serving(service, js, **space.options(backoff=(5.0,))):
             await js.publish(space.subject("in"), b"x")
             await eventually(lambda: len(probe.calls) == 1, what="first delivery")
-            await asyncio.sleep(0.1)
+            await eventually(lambda: service.stats.total().naked == 1, what="the nak sent")
             info = await js.consumer_info(space.stream, space.durable)
             assert info.num_ack_pending == 1  # nak'ed, waiting out its delay
             info = await settled(js, space, 1)
@@ -698,8 +698,10 @@ class TestShutdownBeforeStart:
 
             await eventually(all_delivered, what="all five pulled")
             assert [c.seq for c in first.calls] == [1]
+            assert service.stats.buffered == 4
             task.cancel()
-            await asyncio.sleep(0.2)
+            # Shutdown has begun once the pull engine let go of the four it held.
+            await eventually(lambda: service.stats.buffered == 0, what="pulling stopped")
             release.set()  # the running handler finishes within shutdown_timeout
         assert [c.seq for c in first.calls] == [1]  # the others never started here
         stopped = time.monotonic()

@@ -18,8 +18,8 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 import amebus
+from amebus.settlement import parse
 from amebus.testing import ServiceHarness
-from amebus.testing.harness import _parse
 from amebus.tracing import Decision
 
 
@@ -102,7 +102,7 @@ async def real_decision(js: JetStreamContext, nc: Client, stream: str, message: 
         await sub.unsubscribe()
         with contextlib.suppress(Exception):  # the next case creates its stream on hx.> again
             await js.delete_stream(stream)
-    return _parse(data)
+    return parse(data)
 
 
 @pytest.mark.parametrize(("case", "make", "payload"), CASES, ids=[c[0] for c in CASES])

@@ -169,7 +169,7 @@ async def test_discovery_across_two_processes_and_amebus_status(
         match = re.search(r"metrics and health on (http://127\.0\.0\.1:\d+)", text)
         assert match, text
         bases.append(match.group(1))
-    from amebus._cli_status import gather
+    from amebus.cli.status import gather
 
     pings = await gather(client, "$SRV.PING.Flaky", 0.5)
     assert len(pings) == 2 and len({p["id"] for p in pings}) == 2

@@ -7,12 +7,12 @@ import logging
 from typing import TYPE_CHECKING
 
 from amebus._text import safe_text
-from amebus.deadletter import reply_meta
+from amebus.settlement import reply_meta
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
-    from amebus.consumer import Handler
+    from amebus.handlers import Handler
     from amebus.tracing import Decision
 
 __all__ = ["log_settlement", "outcome_of"]

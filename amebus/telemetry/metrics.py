@@ -23,7 +23,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from amebus.consumer import HandlerTimeoutError
+from amebus.errors import HandlerTimeoutError
 from amebus.events import EVENT_TYPE_HEADER
 from amebus.telemetry import publishing
 from amebus.telemetry.observer import BaseObserver, Serving
@@ -31,7 +31,7 @@ from amebus.telemetry.observer import BaseObserver, Serving
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
-    from amebus.consumer import Handler
+    from amebus.handlers import Handler
     from amebus.telemetry.publishing import PublishDone
     from amebus.tracing import Decision, Failure
 

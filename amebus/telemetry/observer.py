@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
 
-    from amebus.consumer import Handler, JetStreamConsumer
+    from amebus.consumer import JetStreamConsumer
+    from amebus.handlers import Handler
     from amebus.pull import Puller
     from amebus.service import Service
     from amebus.tracing import Decision, Failure

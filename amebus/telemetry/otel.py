@@ -20,8 +20,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from amebus.deadletter import reply_meta
 from amebus.events import EVENT_TYPE_HEADER
+from amebus.settlement import reply_meta
 from amebus.telemetry import publishing
 from amebus.telemetry.logs import outcome_of
 from amebus.telemetry.observer import BaseObserver, Serving
@@ -29,7 +29,7 @@ from amebus.telemetry.observer import BaseObserver, Serving
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
-    from amebus.consumer import Handler
+    from amebus.handlers import Handler
     from amebus.telemetry.publishing import PublishDone
     from amebus.tracing import Decision, Failure
 

@@ -17,7 +17,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from amebus.testing.server import HOST, NatsServer, free_ports
+from amebus.server import HOST, NatsServer, free_ports
 
 __all__ = ["NatsCluster"]
 

@@ -8,7 +8,6 @@ and the decision is read back from the exact bytes that would go to the server.
 from __future__ import annotations
 
 import datetime
-import json
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
@@ -16,9 +15,12 @@ from typing import TYPE_CHECKING, Any, cast
 import attrs
 from nats.aio.msg import Msg
 
-from amebus.consumer import JetStreamConsumer, Settings
+from amebus.consumer import JetStreamConsumer
+from amebus.dispatch import dispatch_of
 from amebus.events import Event, subject_of
-from amebus.service import Service, _settings
+from amebus.service import Service
+from amebus.serving import settings_of
+from amebus.settlement import PROGRESS, Settings, parse
 from amebus.tracing import Decision, ErrorTracer, Failure
 
 if TYPE_CHECKING:
@@ -127,7 +129,7 @@ class ServiceHarness:
         work_queue: bool = False, **overrides: Any
     ) -> None:
         self.service = service
-        self.settings: Settings = _settings(type(service), overrides)
+        self.settings: Settings = settings_of(type(service), overrides)
         mode = overrides.get("server_filter", type(service).server_filter)
         self.filtered = mode == "routes" or (mode == "auto" and work_queue)
         """Whether the served consumer would filter by route (then unrouted is termed)."""
@@ -189,10 +191,9 @@ class ServiceHarness:
         wire = _Wire()
         recorder = _Recorder(self._tracer)
         consumer = _Consumer(self.service, cast("Client", wire), recorder,
-            settings=self.settings,
-        )
+                             settings=self.settings, resolver=dispatch_of(self.service),
+                             skip_unrouted=not self.filtered)
         consumer.published = []
-        consumer.skip_unrouted = not self.filtered
         reply = (
             f"$JS.ACK.HARNESS.{type(self.service).__name__}.{deliveries}."
             f"{self._sequence}.{self._sequence}.{time.time_ns()}.0"
@@ -210,28 +211,15 @@ class ServiceHarness:
             return queue.pop() if queue else None
 
         await consumer.run_from(take)
-        settlements = [data for _, data in wire.sent if data != b"+WPI"]
-        handler = consumer._resolve(subject)
+        settlements = [data for _, data in wire.sent if data != PROGRESS]
+        handler = consumer.resolve(subject)
         return Outcome(
-            decision=_parse(settlements[-1]) if settlements else None,
+            decision=parse(settlements[-1]) if settlements else None,
             route=handler.name if handler is not None else None,
             published=tuple(consumer.published),
             dead_letters=tuple(wire.stored),
             failures=tuple(recorder.failures),
-            progress=sum(1 for _, data in wire.sent if data == b"+WPI"),
+            progress=sum(1 for _, data in wire.sent if data == PROGRESS),
             skipped=consumer.skipped > 0,
         )
 
-
-def _parse(data: bytes) -> Decision:
-    """The decision a settlement payload asks of the server."""
-    verb, _, rest = data.partition(b" ")
-    if verb == b"+ACK":
-        return Decision.ack()
-    if verb == b"-NAK":
-        delay = json.loads(rest)["delay"] / 1e9 if rest else 0.0
-        return Decision.nak(delay)
-    if verb == b"+TERM":
-        return Decision.term(rest.decode())
-    msg = f"unexpected settlement payload {data!r}"
-    raise ValueError(msg)

@@ -29,8 +29,8 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
+from amebus.server import NatsServer
 from amebus.testing.cluster import NatsCluster
-from amebus.testing.server import NatsServer
 
 __all__ = [
     "amebus_js",

@@ -32,12 +32,12 @@ from _scenario import (
     wait_for,
     wait_until_done,
 )
-from _strategies import MAX_PAYLOAD, is_valid_order, messages
 from _support import serving
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from strategies import MAX_PAYLOAD, is_valid_order, messages
 
 from amebus import DecodeError, Event, Failure, HandlerTimeoutError, Nak, Route, Service, Term
 from amebus.testing import NatsServer

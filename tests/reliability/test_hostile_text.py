@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator
 import attrs
 import pytest
 from _scenario import Outcome, close, connect, ensure_stream, scaled, wait_for
-from _strategies import failure_kinds, hostile_order, hostile_text, subject_lengths
 from _support import serving
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from strategies import failure_kinds, hostile_order, hostile_text, subject_lengths
 
 from amebus import Event, Failure, Route, Service, Term
 from amebus.publish import MAX_CONTROL_LINE, MAX_SUBJECT

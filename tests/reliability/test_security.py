@@ -35,10 +35,10 @@ from _scenario import (
     wait_for,
     wait_until_done,
 )
-from _strategies import tokens
 from hypothesis import HealthCheck, given, settings
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from strategies import tokens
 
 import amebus
 from amebus import Event, PublishError, Route, Service, SubjectError

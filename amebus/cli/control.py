@@ -8,9 +8,9 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from amebus import control
-from amebus._cli_load import USAGE, CommandError, service_class
-from amebus._cli_ops import parse_time, with_jetstream
-from amebus._cli_plan import add_target
+from amebus.cli.load import USAGE, CommandError, service_class
+from amebus.cli.ops import parse_time, with_jetstream
+from amebus.cli.plan import add_target
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext

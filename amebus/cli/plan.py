@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from amebus._cli_load import USAGE, CommandError, service_class
-from amebus._cli_ops import with_jetstream
+from amebus.cli.load import USAGE, CommandError, service_class
+from amebus.cli.ops import with_jetstream
 from amebus.errors import ConfigurationError
 from amebus.provision import MODES, check_options
+from amebus.routing import durable_name
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
@@ -38,16 +39,16 @@ def add_target(parser: argparse.ArgumentParser) -> None:
 
 def serve_options(cls: type[Service], args: argparse.Namespace) -> dict[str, Any]:
     """The options serve() would bind ``cls`` with, given the command line's overrides."""
-    from amebus.service import _SERVE_OPTIONS
+    from amebus.serving import SERVE_OPTIONS
 
-    options = {name: getattr(cls, name) for name in _SERVE_OPTIONS}
+    options = {name: getattr(cls, name) for name in SERVE_OPTIONS}
     for name in ("stream", "durable", "provision"):
         if getattr(args, name, None) is not None:
             options[name] = getattr(args, name)
     if not options["stream"]:
         msg = f"{cls.__name__} has no stream; set it on the class or pass --stream"
         raise CommandError(msg, USAGE)
-    options["durable"] = options["durable"] or cls.__name__
+    options["durable"] = durable_name(cls, options["durable"])
     try:
         check_options(cls.__name__, options)
     except ConfigurationError as exc:

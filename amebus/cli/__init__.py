@@ -10,7 +10,7 @@
     amebus reset module.path:ServiceClass --to-seq N | --to-time TIME
     amebus dlq ls|show|replay|purge [module.path:ServiceClass | --stream NAME] ...
 
-Only the command line (this module and its ``_cli_*`` helpers) configures logging and installs
+Only the command line (this package) configures logging and installs
 signal handlers; the library never does.
 """
 
@@ -25,11 +25,17 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from amebus import _cli_control, _cli_dlq, _cli_permissions, _cli_plan, _cli_run, _cli_status
-from amebus._cli_connect import close, connect, server_url
-from amebus._cli_load import USAGE, CommandError, say, service_class
 from amebus._version import __version__
+from amebus.cli import control as _cli_control
+from amebus.cli import dlq as _cli_dlq
+from amebus.cli import permissions as _cli_permissions
+from amebus.cli import plan as _cli_plan
+from amebus.cli import run as _cli_run
+from amebus.cli import status as _cli_status
+from amebus.cli.connect import close, connect, server_url
+from amebus.cli.load import USAGE, CommandError, say, service_class
 from amebus.errors import SubjectError
+from amebus.routing import durable_name
 from amebus.service import Service
 
 __all__ = ["main"]
@@ -69,7 +75,7 @@ def _routes(args: argparse.Namespace) -> int:
         print(json.dumps({
             "service": f"{cls.__module__}.{cls.__qualname__}",
             "stream": cls.stream,
-            "durable": cls.durable or cls.__name__,
+            "durable": durable_name(cls),
             "routes": rows,
             "filter_subjects": list(cls.filter_subjects),
             "server_filter": cls.server_filter,
@@ -84,7 +90,7 @@ def _routes(args: argparse.Namespace) -> int:
         table.append((row["pattern"], row["name"], row["handler"], receives))
     widths = [max(len(line[i]) for line in table) for i in range(3)]
     print(f"{cls.__qualname__}: stream {cls.stream or '(not set)'}, durable "
-          f"{cls.durable or cls.__name__}; routes by precedence:")
+          f"{durable_name(cls)}; routes by precedence:")
     for line in table:
         cells = (cell.ljust(width) for cell, width in zip(line, [*widths, 0], strict=True))
         print(("  " + "  ".join(cells)).rstrip())

@@ -14,16 +14,17 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
-from amebus._cli_connect import close, connect, jetstream_error, server_url
-from amebus._cli_load import USAGE, CommandError, load_service, say
+from amebus.cli.connect import close, connect, jetstream_error, server_url
+from amebus.cli.load import USAGE, CommandError, load_service, say
 from amebus.errors import AmebusError
+from amebus.routing import durable_name
 from amebus.service import Service
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js.client import JetStreamContext
 
-    from amebus.testing.server import NatsServer
+    from amebus.server import NatsServer
 
 __all__ = ["AboveStatus", "Console", "run"]
 
@@ -219,7 +220,7 @@ async def _run_with(service: Service, args: argparse.Namespace, console: Console
 
 
 async def _embedded_server(store: str | None) -> NatsServer:
-    from amebus._cli_embedded import EmbeddedServer
+    from amebus.cli.embedded import EmbeddedServer
 
     try:
         server = EmbeddedServer(store_dir=store, name="amebus-embedded")
@@ -312,7 +313,7 @@ async def _serve(service: Service, nc: Client, url: str, overrides: dict[str, An
     task = stopper.task = asyncio.create_task(service.serve(js, ready=ready, **overrides),
                                               name="amebus-serve")
     stream = overrides.get("stream") or cls.stream or ""
-    durable = overrides.get("durable") or cls.durable or cls.__name__
+    durable = durable_name(cls, overrides.get("durable"))
     every = 1.0 if console is not None else args.status_interval
     status: asyncio.Task[None] | None = None
     try:

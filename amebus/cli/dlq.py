@@ -11,8 +11,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from amebus import dlq
-from amebus._cli_load import USAGE, CommandError, service_class
-from amebus._cli_ops import format_age, parse_time, with_jetstream
+from amebus.cli.load import USAGE, CommandError, service_class
+from amebus.cli.ops import format_age, parse_time, with_jetstream
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext

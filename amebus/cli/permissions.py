@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from amebus._cli_load import USAGE, CommandError, service_class
+from amebus.cli.load import USAGE, CommandError, service_class
 from amebus.errors import ConfigurationError
 from amebus.provision import MODES
 

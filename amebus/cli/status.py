@@ -9,8 +9,8 @@ import contextlib
 import json
 from typing import TYPE_CHECKING, Any
 
-from amebus._cli_connect import close, connect, server_url
-from amebus._cli_load import USAGE, CommandError
+from amebus.cli.connect import close, connect, server_url
+from amebus.cli.load import USAGE, CommandError
 
 if TYPE_CHECKING:
     from nats.aio.client import Client

@@ -24,7 +24,7 @@ import subprocess
 import sys
 from typing import IO, Any
 
-from amebus.testing.server import NatsServer
+from amebus.server import NatsServer
 
 __all__ = ["EmbeddedServer"]
 

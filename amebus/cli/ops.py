@@ -10,8 +10,8 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from amebus._cli_connect import close, connect, jetstream_error, server_url
-from amebus._cli_load import USAGE, CommandError
+from amebus.cli.connect import close, connect, jetstream_error, server_url
+from amebus.cli.load import USAGE, CommandError
 from amebus.errors import AmebusError
 
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from amebus._cli_load import USAGE, CommandError
-from amebus._cli_tls import refuse_plain, tls_error
 from amebus._redact import redact_url
+from amebus.cli.load import USAGE, CommandError
+from amebus.cli.tls import refuse_plain, tls_error
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
