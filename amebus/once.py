@@ -16,10 +16,10 @@ from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
 from amebus.correlation import correlation_headers
-from amebus.settlement import reply_meta
 from amebus.events import Event
 from amebus.idempotency import Idempotent
 from amebus.routing import CompiledRoute
+from amebus.settlement import reply_meta
 
 __all__ = ["route_key_prefix", "wrap"]
 
