@@ -107,6 +107,15 @@ def batch(prefix: str) -> dict[str, str]:
             for i in range(3)}
 
 
+async def close_all(server: NatsServer, *clients: Client | None) -> None:
+    """Close the clients that connected, then stop the server."""
+    for nc in clients:
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.close()
+    await server.stop()
+
+
 def test_generated_lists_grant_no_wildcard_on_the_api() -> None:
     found = permissions(Jobs)
     assert not [s for s in found.allow("publish") if s.startswith("$JS.API") and
@@ -161,11 +170,7 @@ async def test_serves_with_only_the_generated_permissions_nothing_lost() -> None
             await task
         assert "Permissions Violation" not in server.log_tail(400)
     finally:
-        for nc in (svc, admin):
-            if nc is not None:
-                with contextlib.suppress(Exception):
-                    await nc.close()
-        await server.stop()
+        await close_all(server, svc, admin)
 
 
 @pytest.mark.parametrize("flavour", ["server", "nsc"])
@@ -513,8 +518,4 @@ async def test_an_idempotent_route_serves_with_only_the_generated_permissions() 
             await task
         assert "Permissions Violation" not in server.log_tail(400)
     finally:
-        for nc in (svc, admin):
-            if nc is not None:
-                with contextlib.suppress(Exception):
-                    await nc.close()
-        await server.stop()
+        await close_all(server, svc, admin)
