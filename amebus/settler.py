@@ -180,9 +180,13 @@ class Settler:
             reason = decision.reason
 
             def copy_failed(exc: BaseException) -> Decision:
-                return decide("copy-failed", attempt=run.attempt, deliveries=deliveries,
-                              limits=limits, error=f"{reason}; the dead-letter copy failed "
-                                                   f"too: {one_line(exc)}")
+                instead = decide("copy-failed", attempt=run.attempt, deliveries=deliveries,
+                                 limits=limits, error=f"{reason}; the dead-letter copy failed "
+                                                      f"too: {one_line(exc)}")
+                if self.observer is not None:  # telemetry sees the refused copy too
+                    self.observer.failed(attrs.evolve(failure, stage="post-process",
+                                                      error=exc, decision=instead))
+                return instead
 
             instead = await publish_dead_letter(self.js, subject, msg, failure, decision,
                                                 settings=self.settings, tracer=self.tracer,

@@ -392,3 +392,40 @@ async def test_an_observer_that_raises_never_stops_serving(
     errors = [r for r in caplog.records if "observer" in r.getMessage() and r.levelname == "ERROR"]
     assert len(errors) == 2  # once per failing method
     assert sorted(handled) == [str(i).encode() for i in range(5)]
+
+
+async def test_readiness_fails_while_a_result_publish_is_refused(
+        nc: Client, space: Space) -> None:
+    """A handler's result event that no stream stores: the input is nak'ed (kept) and
+    readiness fails on "publishing" until a later publish is stored; then it is ready again."""
+
+    @attrs.frozen
+    class Shipped(amebus.Event):
+        subject = space.subject("out", "shipped")
+        order: str
+
+    class Shipper(amebus.Service):
+        @amebus.Route(space.subject("in", "*"))
+        async def ship(self, payload: bytes) -> Shipped:
+            return Shipped(order=payload.decode())
+
+    health = Health()
+    js = nc.jetstream()
+    out_stream = space.stream + "_OUT"
+    options = space.options(stream_subjects=(space.subject("in", ">"),), backoff=(0.2,),
+                            max_deliver=20)
+    async with serving(Shipper(), nc, observer=health, **options):
+        await js.publish(space.subject("in", "o1"), b"o1")
+        await eventually(lambda: not health.readiness()["checks"]["publishing"]["ok"],
+                         timeout=10, what="readiness failing on the refused result")
+        report = health.readiness()
+        assert report["ready"] is False
+        assert "kept for redelivery" in report["checks"]["publishing"]["detail"]
+        await js.add_stream(name=out_stream, subjects=[space.subject("out", ">")])
+        try:
+            await eventually(lambda: health.readiness()["ready"], timeout=10,
+                             what="ready again once the result is stored")
+            stored = await js.get_last_msg(out_stream, space.subject("out", "shipped"))
+            assert json.loads(stored.data) == {"order": "o1"}
+        finally:
+            await js.delete_stream(out_stream)

@@ -1,5 +1,6 @@
 """Health endpoints: ``/healthz`` (the process and its event loop answer), ``/readyz``
-(consumer bound, connection up, the pull engine hearing from the server) and ``/metrics``.
+(consumer bound, connection up, the pull engine hearing from the server, what amebus must
+publish being stored) and ``/metrics``.
 
 Served by :meth:`Health.serve_http` (a small HTTP/1.1 server on the event loop, what
 ``amebus run --metrics HOST:PORT`` starts) or mounted on an existing ASGI application through
@@ -16,10 +17,15 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from amebus._text import safe_text
 from amebus.telemetry.observer import BaseObserver, Serving
 
 if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+    from amebus.handlers import Handler
     from amebus.telemetry.metrics import Metrics
+    from amebus.tracing import Decision, Failure
 
 __all__ = ["ASGIApp", "Health"]
 
@@ -47,6 +53,20 @@ class Health(BaseObserver):
         self.metrics = metrics
         self.stall_periods = stall_periods
         self._serving: Serving | None = None
+        self._refused: str | None = None  # the last publish amebus had to make that failed
+
+    def failed(self, failure: Failure) -> None:
+        """A result-event or dead-letter publish failed (the message is kept for redelivery):
+        not ready until a later one is stored."""
+        if failure.stage == "post-process":
+            self._refused = safe_text(failure.error, 200)
+
+    def settled(self, msg: Msg, decision: Decision, handler: Handler | None) -> None:
+        """A handler's ack (its result events stored) or a stored dead-letter copy: publishing
+        works again."""
+        if self._refused is not None and handler is not None and (
+                decision.action == "ack" or (decision.action == "term" and decision.dead_letter)):
+            self._refused = None
 
     async def start(self, serving: Serving) -> None:
         """The consumer is bound: readiness checks it from now on."""
@@ -77,6 +97,11 @@ class Health(BaseObserver):
             checks["receiving"] = {"ok": not stalled, "detail": (
                 f"nothing heard for {silent:.1f}s with requests out (limit {limit:g}s)"
                 if stalled else f"last heard {silent:.1f}s ago")}
+            refused = self._refused
+            checks["publishing"] = {"ok": refused is None, "detail": (
+                "result events and dead letters are stored" if refused is None else
+                f"a publish amebus needs failed ({refused}); the message is kept for "
+                f"redelivery")}
         return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
 
     def respond(self, path: str) -> tuple[int, str, bytes]:
