@@ -167,3 +167,20 @@ class Stamped(amebus.Service):
     @amebus.Route("stamp.>")
     async def stamp(self, payload: bytes) -> None:
         _record(f"{payload.decode()} {time.time():.6f} {os.getpid()}")
+
+
+class Worked(amebus.Service):
+    """Records ``n pid`` per message, ``$AMEBUS_CLI_TEST_DELAY`` seconds each, with a short
+    ack_wait (tests/test_cli_workers.py: a killed worker's messages come back quickly)."""
+
+    stream = "WORK"
+    stream_subjects = ("work.>",)
+    durable = "worked"
+    concurrency = 4
+    ack_wait = 1.0
+    shutdown_timeout = 5.0
+
+    @amebus.Route("work.*")
+    async def work(self, payload: bytes) -> None:
+        await asyncio.sleep(float(os.environ.get("AMEBUS_CLI_TEST_DELAY", "0")))
+        _record(f"{payload.decode()} {os.getpid()}")
