@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 from typing import ClassVar
 
 import attrs
 from nats.aio.msg import Msg
 
 import amebus
+from tests.reliability import _scenario
 
 
 @attrs.frozen
@@ -169,18 +171,16 @@ class Stamped(amebus.Service):
         _record(f"{payload.decode()} {time.time():.6f} {os.getpid()}")
 
 
-class Worked(amebus.Service):
-    """Records ``n pid`` per message, ``$AMEBUS_CLI_TEST_DELAY`` seconds each, with a short
-    ack_wait (tests/test_cli_workers.py: a killed worker's messages come back quickly)."""
 
-    stream = "WORK"
-    stream_subjects = ("work.>",)
-    durable = "worked"
+class Worked(_scenario.JobService):
+    """The reliability scenarios' job service with a short ack_wait, its ledger (``*.rec`` per
+    process) in ``$AMEBUS_CLI_TEST_RECORDS`` (tests/test_cli_workers.py: ``run --workers``)."""
+
+    stream_subjects = _scenario.SUBJECTS
     concurrency = 4
     ack_wait = 1.0
     shutdown_timeout = 5.0
 
-    @amebus.Route("work.*")
-    async def work(self, payload: bytes) -> None:
-        await asyncio.sleep(float(os.environ.get("AMEBUS_CLI_TEST_DELAY", "0")))
-        _record(f"{payload.decode()} {os.getpid()}")
+    def __init__(self) -> None:
+        folder = Path(os.environ["AMEBUS_CLI_TEST_RECORDS"])
+        type(self).recorder = _scenario.Recorder(folder / f"{os.getpid()}.rec", str(os.getpid()))
