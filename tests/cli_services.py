@@ -184,3 +184,10 @@ class Worked(_scenario.JobService):
     def __init__(self) -> None:
         folder = Path(os.environ["AMEBUS_CLI_TEST_RECORDS"])
         type(self).recorder = _scenario.Recorder(folder / f"{os.getpid()}.rec", str(os.getpid()))
+
+
+class CrashesAtStart(Worked):
+    """Every worker process dies while starting: ``run --workers`` must call it a crash loop."""
+
+    def __init__(self) -> None:
+        os._exit(3)

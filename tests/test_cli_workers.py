@@ -40,11 +40,12 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 class Supervised:
     """``amebus run --workers N`` with its stderr read by a thread into ``lines``."""
 
-    def __init__(self, records: Path, workers: int) -> None:
+    def __init__(self, records: Path, workers: int, target: str = TARGET,
+                 serving: bool = True) -> None:
         env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
         env.update(AMEBUS_CLI_TEST_RECORDS=str(records), PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "amebus", "run", TARGET, "--workers", str(workers),
+            [sys.executable, "-m", "amebus", "run", target, "--workers", str(workers),
              "--status-interval", "0"],
             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True)
@@ -53,7 +54,8 @@ class Supervised:
         threading.Thread(target=self._read, daemon=True).start()
         self.url, store = self.wait_for(r"embedded nats-server at (\S+), store (\S+),").groups()
         self.tmp_dir = Path(store).parent
-        self.wait_for(r"serving", count=workers)
+        if serving:
+            self.wait_for(r"serving", count=workers)
         self.server = next(p for p in psutil.Process(self.proc.pid).children()
                            if p.name() == "nats-server")
 
@@ -158,6 +160,21 @@ def test_one_sigterm_stops_every_worker_and_the_server(
         assert f"[worker {index}] amebus: stopped: handled" in text
     assert "SIGTERM again" not in text
     assert "stopped: 2 workers exited cleanly" in text
+    for process in family:
+        eventually(lambda p=process: gone(p), f"{process} is gone")
+    assert not running.tmp_dir.exists()
+
+
+def test_a_crash_loop_is_bounded_and_reported(tmp_path: Path,
+                                              supervised: list[Supervised]) -> None:
+    running = Supervised(tmp_path, 1, "tests.cli_services:CrashesAtStart", serving=False)
+    supervised.append(running)
+    family = running.family()
+    assert running.proc.wait(60) == 1
+    text = "".join(running.lines)
+    assert "worker 1 exited 5 times within 60s (last: exit code 3): a crash loop" in text
+    assert "restarting it in 0.5s" in text and "restarting it in 4s" in text  # the backoff
+    assert len(running.worker_pids(1)) == 5
     for process in family:
         eventually(lambda p=process: gone(p), f"{process} is gone")
     assert not running.tmp_dir.exists()
