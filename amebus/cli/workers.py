@@ -13,7 +13,7 @@ nats-server the supervisor starts once and shares. Each worker connects like any
   ``CRASH_WINDOW`` seconds are a crash loop: the supervisor stops all workers and exits 1.
 - The first SIGINT/SIGTERM/SIGHUP is sent on as one SIGTERM to each worker, which drains within
   its ``shutdown_timeout``; a worker still running ``STOP_GRACE`` seconds after that is killed.
-  A second signal kills every worker at once.
+  A second signal kills every worker at once (exit code 128 + the signal's number).
 - Workers run in sessions of their own (a terminal's Ctrl-C reaches only the supervisor, which
   sends one SIGTERM, not two) and get ``PR_SET_PDEATHSIG`` (SIGTERM) on Linux: a supervisor
   killed with SIGKILL leaves no worker behind.
@@ -76,12 +76,13 @@ class _Supervisor:
         self.slots = [_Worker(i + 1, workers) for i in range(workers)]
         self.url = url
         self.stopping = asyncio.Event()
-        self.signum = 0
+        self.signum = self.forced = 0
         self.failed = ""
 
     def on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if self.signum:
+            self.forced = signum
             for slot in self.slots:
                 if slot.proc is not None and slot.proc.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
@@ -187,6 +188,8 @@ async def _supervise(argv: list[str], workers: int, url: str | None, grace: floa
         for signum in _SIGNALS:
             loop.remove_signal_handler(signum)
     restarts = sum(slot.restarts for slot in supervisor.slots)
+    if supervisor.forced:
+        return 128 + supervisor.forced
     if supervisor.signum and not supervisor.failed:
         say(f"stopped: {workers} workers exited cleanly ({restarts} restarts)")
         return 0
