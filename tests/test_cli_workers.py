@@ -109,18 +109,19 @@ def test_a_killed_worker_is_restarted_and_nothing_is_lost(
     records.mkdir()
     running = Supervised(records, workers=2)
     supervised.append(running)
-    ids = job_ids(600)
+    ids = job_ids(800)
     began = time.monotonic()
 
     async def scenario() -> Outcome:
         nc = await connect(running.url)
         try:
-            publishing = asyncio.create_task(publish_jobs(nc, ids, sleep=0.01, chunk=50))
+            publishing = asyncio.create_task(publish_jobs(nc, ids[:500], sleep=0.02, chunk=50))
             await wait_until_done(records, ids[:100], 30)  # under load, both workers busy
             victim = running.worker_pids(1)[-1]
             os.kill(victim, signal.SIGKILL)
-            await asyncio.to_thread(running.wait_for, r"worker 1 started", 2)
+            await asyncio.to_thread(running.wait_for, r"serving", 3)  # its successor serves
             await publishing
+            await publish_jobs(nc, ids[500:], sleep=0.02, chunk=50)  # work for both again
             done = await wait_until_done(records, ids, 60)
             await settled_consumer(nc, "REL", "rel")
         finally:
@@ -178,3 +179,15 @@ def test_a_crash_loop_is_bounded_and_reported(tmp_path: Path,
     for process in family:
         eventually(lambda p=process: gone(p), f"{process} is gone")
     assert not running.tmp_dir.exists()
+
+
+def test_sigkill_of_the_supervisor_leaves_no_worker_and_no_server(
+        tmp_path: Path, supervised: list[Supervised]) -> None:
+    running = Supervised(tmp_path, workers=2)
+    supervised.append(running)
+    family = running.family()
+    running.proc.kill()
+    running.proc.wait(10)
+    for process in family:  # workers get SIGTERM (death signal), the server SIGKILL
+        eventually(lambda p=process: gone(p), f"{process} is gone", timeout=20)
+    eventually(lambda: not running.tmp_dir.exists(), f"{running.tmp_dir} is removed")
