@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 from typing import ClassVar
 
 import attrs
 from nats.aio.msg import Msg
 
 import amebus
+from tests.reliability import _scenario
 
 
 @attrs.frozen
@@ -167,3 +169,25 @@ class Stamped(amebus.Service):
     @amebus.Route("stamp.>")
     async def stamp(self, payload: bytes) -> None:
         _record(f"{payload.decode()} {time.time():.6f} {os.getpid()}")
+
+
+
+class Worked(_scenario.JobService):
+    """The reliability scenarios' job service with a short ack_wait, its ledger (``*.rec`` per
+    process) in ``$AMEBUS_CLI_TEST_RECORDS`` (tests/test_cli_workers.py: ``run --workers``)."""
+
+    stream_subjects = _scenario.SUBJECTS
+    concurrency = 4
+    ack_wait = 1.0
+    shutdown_timeout = 5.0
+
+    def __init__(self) -> None:
+        folder = Path(os.environ["AMEBUS_CLI_TEST_RECORDS"])
+        type(self).recorder = _scenario.Recorder(folder / f"{os.getpid()}.rec", str(os.getpid()))
+
+
+class CrashesAtStart(Worked):
+    """Every worker process dies while starting: ``run --workers`` must call it a crash loop."""
+
+    def __init__(self) -> None:
+        os._exit(3)

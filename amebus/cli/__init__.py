@@ -32,6 +32,7 @@ from amebus.cli import permissions as _cli_permissions
 from amebus.cli import plan as _cli_plan
 from amebus.cli import run as _cli_run
 from amebus.cli import status as _cli_status
+from amebus.cli import workers as _cli_workers
 from amebus.cli.connect import close, connect, server_url
 from amebus.cli.load import USAGE, CommandError, say, service_class
 from amebus.errors import SubjectError
@@ -216,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "(needs amebus[prometheus]; port 0: any free one)")
     run.add_argument("--no-discovery", action="store_true",
                      help="do not answer NATS service discovery ($SRV.PING/INFO/STATS)")
+    run.add_argument("--workers", "-w", type=_positive_int, metavar="N",
+                     help="run N supervised worker processes on the one durable "
+                     "(restarted when they crash; see docs/cli.md)")
     run.add_argument("--log-level", default="INFO",
                      choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
 
@@ -267,8 +271,19 @@ def _positive_int(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``amebus`` command line; return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     console: _cli_run.Console | None = None
+    if args.command == "run" and os.environ.get(_cli_workers.WORKER_ENV):
+        args.workers = args.store = None  # a worker of `run --workers`: a plain run
+    if args.command == "run" and args.workers is not None:
+        logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s "
+                            "%(name)s: %(message)s")
+        try:
+            return _cli_workers.supervise(args, argv)
+        except CommandError as exc:
+            say(str(exc))
+            return exc.code
     if args.command == "run":
         console = _cli_run.Console(sys.stderr) if sys.stderr.isatty() else None
         if console is not None and sys.stdout.isatty():  # print() goes above the status line

@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from amebus.server import NatsServer
 
-__all__ = ["EmbeddedServer"]
+__all__ = ["EmbeddedServer", "death_signal"]
 
 log = logging.getLogger("amebus.cli")
 
@@ -56,13 +56,13 @@ shutil.rmtree(tmp, ignore_errors=True)
 """
 
 
-def _death_signal() -> Any:
-    """A function for ``preexec_fn`` (Linux): the child gets SIGKILL when the thread that
+def death_signal(signum: int = signal.SIGKILL) -> Any:
+    """A function for ``preexec_fn`` (Linux): the child gets ``signum`` when the thread that
     spawned it exits. prctl is looked up here, in the parent, so the child only calls it."""
     prctl = ctypes.CDLL(None, use_errno=True).prctl
 
     def die_with_parent() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
 
     return die_with_parent
 
@@ -82,7 +82,7 @@ class EmbeddedServer(NatsServer):
     def _popen_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"start_new_session": True}
         if sys.platform.startswith("linux"):
-            options["preexec_fn"] = _death_signal()
+            options["preexec_fn"] = death_signal()
         return options
 
     def start_sync(self, timeout: float = 10.0) -> None:
