@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from amebus.server import NatsServer
 
-__all__ = ["AboveStatus", "Console", "run"]
+__all__ = ["AboveStatus", "Console", "embedded_server", "run"]
 
 log = logging.getLogger("amebus.cli")
 
@@ -199,7 +199,7 @@ async def _run_with(service: Service, args: argparse.Namespace, console: Console
         raise CommandError(msg, USAGE)
     server: NatsServer | None = None
     if url is None:
-        server = stopper.server = await _embedded_server(args.store)
+        server = stopper.server = await embedded_server(args.store)
         url = server.url
         say(f"no --server or NATS_URL: started an embedded nats-server at {url}, store "
              f"{server.store_dir}")
@@ -219,7 +219,9 @@ async def _run_with(service: Service, args: argparse.Namespace, console: Console
             await server.stop()
 
 
-async def _embedded_server(store: str | None) -> NatsServer:
+async def embedded_server(store: str | None) -> NatsServer:
+    """Start the nats-server ``amebus run`` embeds when no server is given (shared by the
+    workers of ``--workers N``); its store in ``store``, else a temporary folder."""
     from amebus.cli.embedded import EmbeddedServer
 
     try:

@@ -200,7 +200,7 @@ async def _supervise(argv: list[str], workers: int, url: str | None, grace: floa
 def supervise(args: argparse.Namespace, argv: list[str]) -> int:
     """``amebus run --workers N``: run ``argv`` (the ``run`` command line) as N supervised
     workers, with one embedded server when no server is given; the exit code."""
-    from amebus.cli.run import _embedded_server
+    from amebus.cli.run import embedded_server
 
     cls = service_class(args.target)  # a bad target fails once, here, not N times in a loop
     if args.metrics and args.workers > 1 and not args.metrics.endswith(":0"):
@@ -213,7 +213,7 @@ def supervise(args: argparse.Namespace, argv: list[str]) -> int:
         raise CommandError(msg, USAGE)
     server: NatsServer | None = None
     if url is None:
-        server = asyncio.run(_embedded_server(args.store))
+        server = asyncio.run(embedded_server(args.store))
         say(f"no --server or NATS_URL: started an embedded nats-server at {server.url}, store "
             f"{server.store_dir}, shared by {args.workers} workers")
     try:
