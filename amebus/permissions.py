@@ -220,9 +220,9 @@ def permissions(service: type[Any], *, discovery: str | bool | None = None,
 
 
 def _attempt_grants(api: str, stream: str, durable: str, creates: bool) -> list[Grant]:
-    from amebus.attempts import BUCKET, _token
+    from amebus.attempts import BUCKET, key_token
 
-    keys = f"$KV.{BUCKET}.{_token(stream)}.{_token(durable)}.>"
+    keys = f"$KV.{BUCKET}.{key_token(stream)}.{key_token(durable)}.>"
     why = "to count handler attempts (bucket amebus_attempts)"
     grants = [Grant("publish", f"{api}.STREAM.INFO.KV_{BUCKET}", why),
               Grant("publish", keys, why),
@@ -235,7 +235,7 @@ def _attempt_grants(api: str, stream: str, durable: str, creates: bool) -> list[
 
 def _dead_letter_grants(api: str, stream: str, durable: str, subject: str,
                         create: str | None) -> list[Grant]:
-    from amebus.gaveup import _DURABLE, advisory_stream
+    from amebus.gaveup import DURABLE, advisory_stream
 
     grants = [Grant("publish", subject, "to publish dead letters"),
               Grant("publish", f"{api}.STREAM.NAMES", "to find the dead-letter stream")]
@@ -248,9 +248,9 @@ def _dead_letter_grants(api: str, stream: str, durable: str, subject: str,
     why = "to dead-letter messages the server gave up on (MAX_DELIVERIES)"
     grants += [Grant("publish", f"{api}.STREAM.INFO.{gave_up}", why),
                Grant("publish", f"{api}.STREAM.CREATE.{gave_up}", why),
-               Grant("publish", f"{api}.CONSUMER.DURABLE.CREATE.{gave_up}.{_DURABLE}", why),
-               Grant("publish", f"{api}.CONSUMER.MSG.NEXT.{gave_up}.{_DURABLE}", why),
-               Grant("publish", f"$JS.ACK.{gave_up}.{_DURABLE}.>", why),
+               Grant("publish", f"{api}.CONSUMER.DURABLE.CREATE.{gave_up}.{DURABLE}", why),
+               Grant("publish", f"{api}.CONSUMER.MSG.NEXT.{gave_up}.{DURABLE}", why),
+               Grant("publish", f"$JS.ACK.{gave_up}.{DURABLE}.>", why),
                Grant("publish", f"{api}.STREAM.MSG.GET.{stream}", why)]
     return grants
 
