@@ -176,7 +176,7 @@ def _discovery_grants(service: type[Any], discovery: str | bool | None,
         from amebus.telemetry.observer import Observers
 
         observer = getattr(service, "observer", None)
-        found = [observer, *getattr(observer, "_observers", ())] if isinstance(
+        found = [observer, *observer.observers] if isinstance(
             observer, Observers) else [observer]
         named = [o for o in found if isinstance(o, Discovery)]
         discovery = (named[0].name or True) if named else False
