@@ -14,6 +14,7 @@ from nats.aio.client import Client
 from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
+from amebus import _natsio
 from amebus.catchup import added_routes, recorded_routes, routes_metadata
 from amebus.consumer_config import consumer_config, server_filters
 from amebus.errors import ConfigurationError
@@ -67,8 +68,7 @@ def connection_of(js: JetStreamContext | Client) -> tuple[Client, str]:
     """The client and JetStream API prefix behind ``js`` (a context or a client)."""
     if isinstance(js, Client):
         return js, api.DEFAULT_PREFIX
-    # nats-py offers no public accessor for these; they are read, never changed.
-    return js._nc, js._prefix
+    return _natsio.jetstream_parts(js)
 
 
 async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping[str, Any]
