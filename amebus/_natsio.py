@@ -16,6 +16,8 @@ a dead connection is left to nats-py's own pings.
   that closing it cannot wait forever for a write buffer a dead peer never drains.
 - :func:`auth_required`: whether the server asked for credentials (the private
   ``_server_info``; None when it is not there).
+- :func:`jetstream_parts`: the client and API prefix behind a ``JetStreamContext`` (the
+  private ``_nc`` and ``_prefix``; nats-py has no public accessor).
 - :func:`last_error`: nats-py reports why it lost a connection only to ``error_cb``, which
   belongs to the user; a wrapper keeps the last error (chaining to the user's callback).
 """
@@ -29,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
+    from nats.js.client import JetStreamContext
 
-__all__ = ["auth_required", "detection_seconds", "install_parser", "last_error", "on_error",
-           "replace_connection", "supported"]
+__all__ = ["auth_required", "detection_seconds", "install_parser", "jetstream_parts", "last_error",
+           "on_error", "replace_connection", "supported"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,15 @@ async def replace_connection(nc: Client) -> bool:
         raw.abort()  # close() would wait for the unsent buffer to drain: forever, if dead
     await nc._process_op_err(StaleConnectionError())
     return allowed
+
+
+def jetstream_parts(js: JetStreamContext) -> tuple[Client, str]:
+    """The client and the JetStream API prefix behind ``js``.
+
+    nats-py 2.16.0 offers no public accessor for either; both are read, never changed (the
+    attributes are the same in 2.9.0).
+    """
+    return js._nc, js._prefix
 
 
 def last_error(nc: Client) -> BaseException | None:

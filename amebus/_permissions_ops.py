@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from amebus.permissions import Grant
+from amebus.grants import Grant
 
 __all__ = ["OPERATOR_INBOX", "operator_grants"]
 

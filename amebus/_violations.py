@@ -13,7 +13,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from amebus.errors import ConfigurationError
-from amebus.permissions import Direction, Permissions, inbox_prefix
+from amebus.grants import Direction, Permissions, inbox_prefix
 
 if TYPE_CHECKING:
     from nats.aio.client import Client

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
     from nats.js.kv import KeyValue
 
-__all__ = ["BUCKET", "Attempts", "open_attempts"]
+__all__ = ["BUCKET", "Attempts", "key_token", "open_attempts"]
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,11 @@ BUCKET = "amebus_attempts"
 MAX_AGE = 7 * 24 * 3600.0
 
 
-def _token(name: str) -> str:
-    """``name`` as one key token: ASCII letters, digits, ``-`` and ``_`` kept, others ``=hex``."""
+def key_token(name: str) -> str:
+    """``name`` as one key token: ASCII letters, digits, ``-`` and ``_`` kept, others ``=hex``.
+
+    The permissions grant (``amebus.permissions``) names the same keys, so it uses this too.
+    """
     return "".join(c if c.isascii() and (c.isalnum() or c in "-_") else f"={ord(c):x}="
                    for c in name)
 
@@ -47,7 +50,7 @@ class Attempts:
 
     def __init__(self, kv: KeyValue | None, stream: str, durable: str) -> None:
         self._kv = kv
-        self._prefix = f"{_token(stream)}.{_token(durable)}."
+        self._prefix = f"{key_token(stream)}.{key_token(durable)}."
         self._down = kv is None
 
     def _failed(self, what: str, exc: BaseException) -> None:

@@ -14,20 +14,18 @@ from nats.aio.client import Client
 from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
+from amebus import _natsio
 from amebus.catchup import added_routes, recorded_routes, routes_metadata
+from amebus.consumer_config import consumer_config, server_filters
 from amebus.errors import ConfigurationError
+from amebus.plan import bind_as_is
 from amebus.provision import (
-    bind_as_is,
     bind_error_hint,
-    consumer_metadata,
-    deliver_fields,
     is_owned,
     merged_metadata,
     refuse_foreign,
 )
 from amebus.routing import durable_name
-from amebus.settlement import server_max_deliver
-from amebus.subjects import covers, validate_pattern
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
@@ -70,50 +68,7 @@ def connection_of(js: JetStreamContext | Client) -> tuple[Client, str]:
     """The client and JetStream API prefix behind ``js`` (a context or a client)."""
     if isinstance(js, Client):
         return js, api.DEFAULT_PREFIX
-    # nats-py offers no public accessor for these; they are read, never changed.
-    return js._nc, js._prefix
-
-
-def server_filters(cls: ServiceMeta, mode: str, stream: api.StreamConfig) -> list[str]:
-    """The consumer's filter subjects for ``server_filter`` mode; [] means the whole stream.
-
-    ``routes`` filters exactly (unrouted subjects never reach the client). ``stream`` takes
-    the whole stream and skips unrouted subjects in the client. ``auto`` filters exactly when
-    the filters are free (they equal or cover the stream's subjects) or required (a work-queue
-    stream, where an ack deletes), and takes the whole stream otherwise: nats-server slows a
-    filtered consumer down with the number of distinct subjects in the stream.
-    """
-    if mode not in ("auto", "routes", "stream"):
-        msg = (f"{cls.__name__}.server_filter is {mode!r}; use 'auto', 'routes' or 'stream'")
-        raise ConfigurationError(msg)
-    exact = list(cls.filter_subjects)
-    stream_subjects = [validate_pattern(s) for s in stream.subjects or []]
-    routes = [validate_pattern(p) for p in exact]
-    covered = bool(stream_subjects) and all(
-        any(covers(r, s) for r in routes) for s in stream_subjects)
-    workqueue = stream.retention == api.RetentionPolicy.WORK_QUEUE
-    if mode == "routes" or workqueue or (mode == "auto" and covered):
-        return [] if covered else exact
-    return []
-
-
-def consumer_config(cls: ServiceMeta, options: Mapping[str, Any], durable: str,
-                    filters: list[str]) -> api.ConsumerConfig:
-    """The durable pull consumer a service needs."""
-    return api.ConsumerConfig(
-        durable_name=durable,
-        ack_policy=api.AckPolicy.EXPLICIT,
-        **deliver_fields(options.get("deliver_policy", "all"), cls.__name__),
-        ack_wait=float(options["ack_wait"]),
-        # amebus counts handler attempts itself (amebus.attempts); the server's limit is a
-        # backstop well above it for deliveries that never reached a handler.
-        max_deliver=server_max_deliver(int(options["max_deliver"]),
-                                       options.get("server_max_deliver")),
-        max_ack_pending=int(options["max_ack_pending"]),
-        filter_subject=filters[0] if len(filters) == 1 else "",
-        filter_subjects=filters if len(filters) > 1 else None,
-        metadata=consumer_metadata(cls),
-    )
+    return _natsio.jetstream_parts(js)
 
 
 async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping[str, Any]

@@ -4,7 +4,8 @@
 each one: resolve its route -> run the handler -> classify what happened ->
 :func:`amebus.settlement.decide` -> send (the :class:`~amebus.settler.Settler` half), by the
 settlement table in ``docs/settlement.md``. A watchdog sends in-progress signals for long
-handlers and cancels those past their timeout; no timer is created per message.
+handlers and cancels those past their timeout (:mod:`amebus.watchdog`); no timer is
+created per message.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-
-import attrs
 
 from amebus.correlation import correlation_headers
 from amebus.dispatch import dispatch_of
@@ -31,6 +30,7 @@ from amebus.handlers import Handler, Processor, Resolver, events_of
 from amebus.settlement import Limits, RouteStats, Settings, decide, deliveries_of, reply_meta
 from amebus.settler import ACK, FIRST, Run, Settler
 from amebus.tracing import Decision, ErrorTracer, Stage
+from amebus.watchdog import Slot, watch
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -43,27 +43,6 @@ __all__ = ["JetStreamConsumer", "Slot", "Tick"]
 
 Tick = Callable[["JetStreamConsumer", float], Awaitable[None]]
 """Called by the watchdog at every tick with the seconds since the last one."""
-
-
-@attrs.define(eq=False)
-class Slot:
-    """A worker: the message it holds, since when, and until when its handler may run."""
-
-    task: asyncio.Task[None] | None = None
-    msg: Msg | None = None
-    started: float = 0.0
-    deadline: float = 0.0
-    progress_at: float = 0.0
-    timed_out: bool = False
-    cancels: int = 0
-    """Cancellations the watchdog sent the current handler (one per tick past its deadline)."""
-
-    def forgive(self, task: asyncio.Task[Any] | None) -> None:
-        """Withdraw the watchdog's cancellations of this handler from ``task``'s count."""
-        if task is not None:
-            for _ in range(self.cancels):
-                task.uncancel()
-        self.cancels, self.timed_out = 0, False
 
 
 _NEVER = float("inf")
@@ -295,31 +274,13 @@ class JetStreamConsumer(Settler):
     # -- watchdog -------------------------------------------------------------------------
 
     async def _watchdog(self) -> None:
-        settings = self.settings
-        progress_every = settings.ack_wait / 3
-        timeouts = [h.timeout for h in self.handlers.values()] + [settings.timeout]
-        tick = min(1.0, progress_every / 2, *(t / 4 for t in timeouts if t is not None))
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            for slot in self._slots:
-                msg = slot.msg
-                if msg is None:
-                    continue
-                if now >= slot.deadline and slot.task is not None:
-                    # Past the deadline: cancel, and again at every tick while the handler
-                    # runs on (one that catches CancelledError once must not escape its
-                    # timeout); no in-progress signal for it any more.
-                    slot.timed_out = True
-                    slot.cancels += 1
-                    slot.task.cancel()
-                elif now - max(slot.progress_at, slot.started) >= progress_every and msg.reply:
-                    slot.progress_at = now
-                    await self.progress(msg)
-            if self.on_tick is not None:
-                await self.on_tick(self, now - last)
-            last = now
+        timeouts = [h.timeout for h in self.handlers.values()] + [self.settings.timeout]
+        await watch(self._slots, ack_wait=self.settings.ack_wait, timeouts=timeouts,
+                    progress=lambda msg: self.progress(msg), on_tick=self._tick)
+
+    async def _tick(self, elapsed: float) -> None:
+        if self.on_tick is not None:
+            await self.on_tick(self, elapsed)
 
     @property
     def in_flight(self) -> int:

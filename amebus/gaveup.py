@@ -31,11 +31,12 @@ if TYPE_CHECKING:
 
     from amebus.consumer import JetStreamConsumer
 
-__all__ = ["GaveUpError", "advisory_stream", "ensure_gave_up_stream", "watch_gave_up"]
+__all__ = ["DURABLE", "GaveUpError", "advisory_stream", "ensure_gave_up_stream", "watch_gave_up"]
 
 log = logging.getLogger(__name__)
 
-_DURABLE = "amebus"
+DURABLE = "amebus"
+"""The durable that reads the MAX_DELIVERIES advisories (the permissions grant names it)."""
 _RETRY = 5.0
 
 
@@ -61,7 +62,7 @@ async def ensure_gave_up_stream(js: JetStreamContext, stream: str, durable: str)
                                              retention=api.RetentionPolicy.WORK_QUEUE))
         log.info("created stream %s over %s", name, subject)
     await js.add_consumer(name, api.ConsumerConfig(
-        durable_name=_DURABLE, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=30.0))
+        durable_name=DURABLE, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=30.0))
     return name
 
 
@@ -69,7 +70,7 @@ async def watch_gave_up(consumer: JetStreamConsumer, stream: str, durable: str) 
     """Copy each message the server gave up on to the dead-letter subject, until cancelled."""
     js = consumer.js
     name = advisory_stream(stream, durable)
-    sub = await js.pull_subscribe_bind(_DURABLE, name)
+    sub = await js.pull_subscribe_bind(DURABLE, name)
     try:
         while True:
             try:

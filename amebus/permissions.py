@@ -20,109 +20,22 @@ inbox prefix). No grant is ``>`` on ``$JS.API``.
 - discovery: the ``$SRV`` subjects of the service's name and replies to the requesters
   (``allow_responses``).
 
-The sentences for missing rights are in :mod:`amebus._violations`. A wave feature adding
+The lists and their renderings are in :mod:`amebus.grants`; the sentences for missing
+rights are in :mod:`amebus._violations`. A wave feature adding
 subjects (schedules, idempotency buckets, ...) adds its grants in
 :func:`_extra_grants` (features with subjects of their own: idempotent routes).
 """
 
 from __future__ import annotations
 
-import json
-import re
-import shlex
 import typing
 from collections.abc import Iterable
 from typing import Any, Literal
 
-import attrs
-
 from amebus.errors import ConfigurationError
+from amebus.grants import Grant, Permissions, inbox_prefix
 
 __all__ = ["Grant", "Permissions", "explain_violation", "inbox_prefix", "permissions"]
-
-_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
-Direction = Literal["publish", "subscribe"]
-
-
-def inbox_prefix(service: type[Any] | str) -> str:
-    """The private reply inbox prefix of ``service`` (a class or a name):
-    ``_INBOX_<name>``, one subject token; connect with ``inbox_prefix=`` this."""
-    name = service if isinstance(service, str) else service.__name__
-    return "_INBOX_" + _TOKEN.sub("_", name)
-
-
-@attrs.frozen
-class Grant:
-    """One allowed subject: which direction, and what amebus needs it for."""
-
-    direction: Direction
-    subject: str
-    why: str
-
-
-@attrs.frozen
-class Permissions:
-    """The allow lists of one service (everything else denied)."""
-
-    service: str
-    grants: tuple[Grant, ...]
-    allow_responses: bool
-    inbox_prefix: str
-    notes: tuple[str, ...] = ()
-    target: str = ""  # module:Class, for the `amebus permissions` hint
-
-    def allow(self, direction: Direction) -> list[str]:
-        """The subjects allowed in ``direction``, in order, without duplicates."""
-        return list(dict.fromkeys(g.subject for g in self.grants if g.direction == direction))
-
-    def why(self, subject: str) -> str | None:
-        """What amebus needs ``subject`` for (the first grant naming it), None if not granted."""
-        return next((g.why for g in self.grants if g.subject == subject), None)
-
-    def as_dict(self) -> dict[str, Any]:
-        """``{"publish": {"allow": [...]}, "subscribe": {"allow": [...]}, ...}``: the
-        ``permissions`` block of a nats-server user."""
-        block: dict[str, Any] = {"publish": {"allow": self.allow("publish")},
-                                 "subscribe": {"allow": self.allow("subscribe")}}
-        if self.allow_responses:
-            block["allow_responses"] = True
-        return block
-
-    def to_json(self) -> str:
-        """The lists as JSON, with the reason for each subject."""
-        return json.dumps({"service": self.service, "inbox_prefix": self.inbox_prefix,
-                           "permissions": self.as_dict(),
-                           "grants": [attrs.asdict(g) for g in self.grants],
-                           "notes": list(self.notes)}, indent=2)
-
-    def to_server_config(self, user: str | None = None, password: str = "CHANGE_ME") -> str:
-        """A nats-server ``authorization { users = [...] }`` block (a placeholder password)."""
-
-        def items(subjects: list[str]) -> str:
-            return "".join(f"          {json.dumps(s)}\n" for s in subjects)
-
-        lines = [f"# amebus permissions for {self.service}; connect with inbox_prefix "
-                 f"{self.inbox_prefix!r}", *(f"# {note}" for note in self.notes),
-                 "authorization {", "  users = [", "    {",
-                 f"      user: {json.dumps(user or self.service)}",
-                 f"      password: {json.dumps(password)}", "      permissions: {",
-                 "        publish: { allow: [", items(self.allow("publish")).rstrip("\n"),
-                 "        ] }", "        subscribe: { allow: [",
-                 items(self.allow("subscribe")).rstrip("\n"), "        ] }"]
-        if self.allow_responses:
-            lines.append("        allow_responses: true")
-        lines += ["      }", "    }", "  ]", "}"]
-        return "\n".join(line for line in lines if line) + "\n"
-
-    def to_nsc(self, account: str = "ACCOUNT", user: str | None = None) -> str:
-        """The ``nsc add user`` command of an operator-mode user with these lists."""
-        args = [f"nsc add user --account {shlex.quote(account)} --name "
-                f"{shlex.quote(user or self.service)}",
-                f"--allow-pub {shlex.quote(','.join(self.allow('publish')))}",
-                f"--allow-sub {shlex.quote(','.join(self.allow('subscribe')))}"]
-        if self.allow_responses:
-            args.append("--allow-pub-response")
-        return " \\\n  ".join(args) + "\n"
 
 
 def permissions(service: type[Any], *, discovery: str | bool | None = None,
@@ -220,9 +133,9 @@ def permissions(service: type[Any], *, discovery: str | bool | None = None,
 
 
 def _attempt_grants(api: str, stream: str, durable: str, creates: bool) -> list[Grant]:
-    from amebus.attempts import BUCKET, _token
+    from amebus.attempts import BUCKET, key_token
 
-    keys = f"$KV.{BUCKET}.{_token(stream)}.{_token(durable)}.>"
+    keys = f"$KV.{BUCKET}.{key_token(stream)}.{key_token(durable)}.>"
     why = "to count handler attempts (bucket amebus_attempts)"
     grants = [Grant("publish", f"{api}.STREAM.INFO.KV_{BUCKET}", why),
               Grant("publish", keys, why),
@@ -235,7 +148,7 @@ def _attempt_grants(api: str, stream: str, durable: str, creates: bool) -> list[
 
 def _dead_letter_grants(api: str, stream: str, durable: str, subject: str,
                         create: str | None) -> list[Grant]:
-    from amebus.gaveup import _DURABLE, advisory_stream
+    from amebus.gaveup import DURABLE, advisory_stream
 
     grants = [Grant("publish", subject, "to publish dead letters"),
               Grant("publish", f"{api}.STREAM.NAMES", "to find the dead-letter stream")]
@@ -248,9 +161,9 @@ def _dead_letter_grants(api: str, stream: str, durable: str, subject: str,
     why = "to dead-letter messages the server gave up on (MAX_DELIVERIES)"
     grants += [Grant("publish", f"{api}.STREAM.INFO.{gave_up}", why),
                Grant("publish", f"{api}.STREAM.CREATE.{gave_up}", why),
-               Grant("publish", f"{api}.CONSUMER.DURABLE.CREATE.{gave_up}.{_DURABLE}", why),
-               Grant("publish", f"{api}.CONSUMER.MSG.NEXT.{gave_up}.{_DURABLE}", why),
-               Grant("publish", f"$JS.ACK.{gave_up}.{_DURABLE}.>", why),
+               Grant("publish", f"{api}.CONSUMER.DURABLE.CREATE.{gave_up}.{DURABLE}", why),
+               Grant("publish", f"{api}.CONSUMER.MSG.NEXT.{gave_up}.{DURABLE}", why),
+               Grant("publish", f"$JS.ACK.{gave_up}.{DURABLE}.>", why),
                Grant("publish", f"{api}.STREAM.MSG.GET.{stream}", why)]
     return grants
 
@@ -263,7 +176,7 @@ def _discovery_grants(service: type[Any], discovery: str | bool | None,
         from amebus.telemetry.observer import Observers
 
         observer = getattr(service, "observer", None)
-        found = [observer, *getattr(observer, "_observers", ())] if isinstance(
+        found = [observer, *observer.observers] if isinstance(
             observer, Observers) else [observer]
         named = [o for o in found if isinstance(o, Discovery)]
         discovery = (named[0].name or True) if named else False

@@ -4,6 +4,7 @@ in place; and what serving would do under the service's ``provision`` mode."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +12,8 @@ import attrs
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from amebus.binding import consumer_config, server_filters
+from amebus.consumer_config import consumer_config, server_filters
+from amebus.errors import ConfigurationError
 from amebus.provision import SERVICE_KEY, VERSION_KEY, consumer_or_none, is_owned
 from amebus.routing import durable_name
 
@@ -20,7 +22,11 @@ if TYPE_CHECKING:
 
     from amebus.routing import ServiceMeta
 
-__all__ = ["Plan", "Row", "plan_service"]
+__all__ = ["Plan", "Row", "bind_as_is", "plan_service"]
+
+# The bind-mode warning was written by amebus.provision before it moved here; it keeps
+# that logger name so logging configurations that name it still see it.
+log = logging.getLogger("amebus.provision")
 
 # kind: "update" (amebus updates it in place), "fixed" (the server refuses a change: delete and
 # recreate), "start" (where a new durable starts: applies to a new consumer only), "kept"
@@ -185,3 +191,33 @@ async def plan_service(js: JetStreamContext, cls: ServiceMeta, options: Mapping[
     return Plan(service=f"{cls.__module__}.{cls.__qualname__}",
                 mode=options.get("provision", "update"), stream=stream, durable=durable,
                 stream_exists=stream_config is not None, consumer=current, rows=tuple(rows))
+
+
+async def bind_as_is(js: JetStreamContext, cls: ServiceMeta, options: Mapping[str, Any],
+                     stream: str, durable: str
+                     ) -> tuple[str, str, bool, api.ConsumerConfig, tuple[list[str], int]]:
+    """Bind in ``verify`` or ``bind`` mode: change nothing; ``verify`` refuses any drift.
+
+    Returns what :func:`amebus.binding.bind_consumer` returns (it calls this); routes
+    added since the durable last ran are not replayed (nothing on the server is created in
+    these modes).
+    """
+    mode = options.get("provision", "update")
+    found = await plan_service(js, cls, options)
+    if found.missing:
+        msg = (f"{cls.__name__}: {found.missing}; provision = {mode!r} creates nothing: create "
+               f"it (see `amebus plan`) or serve with provision = 'update'")
+        raise ConfigurationError(msg)
+    drift = [row.describe() for row in found.rows if row.drifted]
+    if drift and mode == "verify":
+        msg = (f"{cls.__name__}: provision = 'verify' and the server's configuration differs: "
+               f"{'; '.join(drift)}; change the infrastructure code that made it (or the "
+               f"service's settings), `amebus plan` shows the whole difference")
+        raise ConfigurationError(msg)
+    if drift:
+        log.warning("%s: serving with consumer %s on %s as the server has it (provision "
+                    "'bind'): %s", cls.__name__, durable, stream, "; ".join(drift))
+    assert found.consumer is not None  # not missing
+    consumer = found.consumer
+    return (stream, durable, bool(consumer.filter_subject or consumer.filter_subjects), consumer,
+            ([], 0))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import logging
 from collections.abc import Mapping
 from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING, Any
@@ -30,10 +29,8 @@ if TYPE_CHECKING:
 
     from amebus.routing import ServiceMeta
 
-__all__ = ["MODES", "bind_as_is", "bind_error_hint", "check_options", "consumer_metadata",
+__all__ = ["MODES", "bind_error_hint", "check_options", "consumer_metadata",
            "deliver_fields", "is_owned", "refuse_foreign"]
-
-log = logging.getLogger(__name__)
 
 MODES = ("update", "adopt", "verify", "bind")
 _POLICIES = {"all": api.DeliverPolicy.ALL, "new": api.DeliverPolicy.NEW,
@@ -103,37 +100,6 @@ def refuse_foreign(cls: ServiceMeta, options: Mapping[str, Any], stream: str, du
            f"provision = 'adopt' to rewrite it, or match the service's settings to it "
            f"(`amebus plan` shows the difference)")
     raise ConfigurationError(msg)
-
-
-async def bind_as_is(js: JetStreamContext, cls: ServiceMeta, options: Mapping[str, Any],
-                     stream: str, durable: str
-                     ) -> tuple[str, str, bool, api.ConsumerConfig, tuple[list[str], int]]:
-    """Bind in ``verify`` or ``bind`` mode: change nothing; ``verify`` refuses any drift.
-
-    Returns what :func:`amebus.binding.bind_consumer` returns; routes added since the durable
-    last ran are not replayed (nothing on the server is created in these modes).
-    """
-    from amebus.plan import plan_service
-
-    mode = options.get("provision", "update")
-    found = await plan_service(js, cls, options)
-    if found.missing:
-        msg = (f"{cls.__name__}: {found.missing}; provision = {mode!r} creates nothing: create "
-               f"it (see `amebus plan`) or serve with provision = 'update'")
-        raise ConfigurationError(msg)
-    drift = [row.describe() for row in found.rows if row.drifted]
-    if drift and mode == "verify":
-        msg = (f"{cls.__name__}: provision = 'verify' and the server's configuration differs: "
-               f"{'; '.join(drift)}; change the infrastructure code that made it (or the "
-               f"service's settings), `amebus plan` shows the whole difference")
-        raise ConfigurationError(msg)
-    if drift:
-        log.warning("%s: serving with consumer %s on %s as the server has it (provision "
-                    "'bind'): %s", cls.__name__, durable, stream, "; ".join(drift))
-    assert found.consumer is not None  # not missing
-    consumer = found.consumer
-    return (stream, durable, bool(consumer.filter_subject or consumer.filter_subjects), consumer,
-            ([], 0))
 
 
 def bind_error_hint(exc: APIError, cls: ServiceMeta, options: Mapping[str, Any], stream: str,

@@ -6,7 +6,8 @@ messages are held than can be started soon, and bounded in bytes: every request 
 ``max_bytes``, and the bytes requested plus the bytes received and not yet settled stay under
 ``max_bytes_in_flight`` (a message larger than that is requested alone). Idle heartbeats and
 the connection's reconnect counter tell when requests were lost, and they are reissued; when
-heartbeats stop and a PING gets no PONG, the connection is dead and is replaced.
+heartbeats stop and a PING gets no PONG, the connection is dead and is replaced. The counts
+and bytes are kept by :class:`~amebus.pull_budget.PullBudget`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 from amebus import _natsio
 from amebus._health import ConnectionHealth, consumer_missing
 from amebus.errors import ConfigurationError
-from amebus.wire import header_size
+from amebus.pull_budget import PullBudget
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -34,7 +35,7 @@ __all__ = ["Puller"]
 log = logging.getLogger(__name__)
 
 
-class Puller:
+class Puller(PullBudget):
     """Pulls messages of one durable pull consumer into a bounded buffer.
 
     Args:
@@ -51,14 +52,10 @@ class Puller:
     def __init__(self, nc: Client, stream: str, durable: str, *, batch: int = 512,
                  max_bytes: int = 16 * 1024 * 1024, expires: float = 30.0,
                  heartbeat: float = 5.0, api_prefix: str = "$JS.API") -> None:
-        self._nc = nc
+        super().__init__(nc, batch, max_bytes)
         self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
-        self.batch = max(1, batch)
-        self.limit = self.batch  # the current bound; the consumer lowers it for slow handlers
         self._expires_ns = int(expires * 1e9)
         self._heartbeat = heartbeat
-        self.pending = 0  # messages requested and not yet received
-        self.buffer: deque[Msg] = deque()
         self._waiters: deque[asyncio.Future[None]] = deque()  # workers waiting in next()
         self._sub: Subscription | None = None
         self._inbox = ""
@@ -72,12 +69,6 @@ class Puller:
         self._unanswered = False  # a request got 503: nothing serves the consumer's subject
         self.urgent_at = 0  # deliveries from which a message jumps the queue (0: never)
         self.first_reply = f"$JS.ACK.{stream}.{durable}.1."  # a first delivery's reply prefix
-        self.max_bytes = max(1, max_bytes)
-        self.reserved = 0  # bytes requested and not yet received (by the server's count)
-        self.unsettled = 0  # bytes received and not yet released
-        self._held: dict[str, int] = {}  # reply subject -> bytes, until released
-        self._requests = 0  # requests out; each ends with a status, as it carries max_bytes
-        self._alone = False  # the next message is larger than a request's share: ask alone
         self._refilling: asyncio.Task[None] | None = None  # a refill that release() started
         self.health = ConnectionHealth(nc, self._next_subject, heartbeat)
 
@@ -148,33 +139,12 @@ class Puller:
 
     def release(self, msg: Msg) -> None:
         """``msg`` is settled: its bytes leave the budget (once; unknown messages are ignored)."""
-        size = self._held.pop(msg.reply, None)
-        if size is None:
+        if not self._settled(msg):
             return
-        self.unsettled -= size
         if (self.pending + len(self.buffer) <= self.limit // 2 and not self.closed
                 and self._due()[0] and self._refilling is None):
             self._refilling = asyncio.get_running_loop().create_task(self.refill())
             self._refilling.add_done_callback(lambda _: setattr(self, "_refilling", None))
-
-    def _due(self) -> tuple[int, int]:
-        """(messages, bytes) of the request to send now; (0, 0) when none is due.
-
-        A request asks for at least half the count window and half the byte budget (no
-        trickle of tiny requests), so two requests overlap; a message larger than half the
-        budget is asked for alone once no other request is out.
-        """
-        if self._alone:
-            if self._requests:
-                return 0, 0
-            max_payload = int(getattr(self._nc, "max_payload", 0) or 0)
-            return 1, max(self.max_bytes, 2 * max_payload + 65536)
-        count = self.limit - self.pending - len(self.buffer)
-        share = (self.max_bytes + 1) // 2
-        room = self.max_bytes - self.reserved - self.unsettled
-        if count < self.limit - self.limit // 2 or room < share:
-            return 0, 0
-        return count, share
 
     async def refill(self) -> None:
         """Send the request that is due (by count and by bytes), if any."""
@@ -185,15 +155,11 @@ class Puller:
             return
         body = json.dumps({"batch": want, "max_bytes": nbytes, "expires": self._expires_ns,
                            "idle_heartbeat": int(self._heartbeat * 1e9)}).encode()
-        self.pending += want
-        self.reserved += nbytes
-        self._requests += 1
+        self._sent(want, nbytes)
         try:
             await self._nc.publish(self._next_subject, body, reply=self._inbox)
         except Exception as exc:  # disconnected: the monitor reissues once reconnected
-            self.pending -= want
-            self.reserved -= nbytes
-            self._requests -= 1
+            self._sent(want, nbytes, undo=True)
             log.debug("pull request failed: %r", exc)
 
     async def _on_msg(self, msg: Msg) -> None:
@@ -213,28 +179,6 @@ class Puller:
             self.buffer.append(msg)
         if self._waiters:
             self._wake(everyone=False)
-
-    def _count_bytes(self, msg: Msg) -> None:
-        """Move a message's bytes from requested to held (sized as the server counts them)."""
-        reply, headers = msg.reply, msg.headers
-        size = len(msg.subject) + len(reply) + len(msg.data)
-        if headers:
-            size += header_size(headers)
-        reserved = self.reserved - size
-        self.reserved = reserved if reserved > 0 else 0
-        if reply:
-            held = self._held
-            self.unsettled += size - held.get(reply, 0)
-            held[reply] = size
-        self._alone = False
-
-    def _request_ended(self, left_bytes: int | None) -> None:
-        """A request ended; the server says how many of its bytes it did not use."""
-        self._requests -= 1
-        if left_bytes is not None:
-            self.reserved = max(0, self.reserved - left_bytes)
-        if self._requests <= 0 or left_bytes is None:  # none out (or unknown): start afresh
-            self._requests = self.pending = self.reserved = 0
 
     async def _on_status(self, headers: dict[str, str]) -> None:
         status = headers.get("Status", "")

@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import Header, PubAck
 
+from amebus import _natsio
 from amebus.errors import (
     NoStreamError,
     PublishError,
@@ -183,7 +184,8 @@ def read_ack(msg: Msg, subject: str) -> PubAck | PublishError:
 
 
 def connection(js: JetStreamContext) -> NATS:
-    # nats-py has no public accessor for the connection. Its public publish_async() never
-    # resolves the future of a publish the server refuses (2.16: APIError.from_error raises
-    # inside the reply callback) and leaks its pending slot, so publish_many pipelines itself.
-    return js._nc
+    # nats-py has no public accessor for the connection (amebus._natsio reads it). Its public
+    # publish_async() never resolves the future of a publish the server refuses (2.16:
+    # APIError.from_error raises inside the reply callback) and leaks its pending slot, so
+    # publish_many pipelines itself.
+    return _natsio.jetstream_parts(js)[0]

@@ -173,6 +173,23 @@ async def test_serves_with_only_the_generated_permissions_nothing_lost() -> None
         await close_all(server, svc, admin)
 
 
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_discovery_observer_is_found_alone_or_among_observers(wrapped: bool) -> None:
+    from amebus.telemetry.discovery import Discovery
+    from amebus.telemetry.health import Health
+    from amebus.telemetry.observer import Observers
+
+    discovery = Discovery(name="jobs-svc")
+
+    class Found(Jobs):
+        observer = Observers(Health(), discovery) if wrapped else discovery
+
+    found = permissions(Found)
+    assert "$SRV.*.jobs-svc" in found.allow("subscribe")
+    assert found.allow_responses
+    assert not permissions(Jobs).allow_responses
+
+
 @pytest.mark.parametrize("flavour", ["server", "nsc"])
 def test_renderings_carry_every_subject(flavour: str) -> None:
     found = permissions(Jobs, discovery=True)
