@@ -23,93 +23,21 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from amebus._version import __version__
 from amebus.cli import control as _cli_control
 from amebus.cli import dlq as _cli_dlq
 from amebus.cli import permissions as _cli_permissions
 from amebus.cli import plan as _cli_plan
+from amebus.cli import routes as _cli_routes
 from amebus.cli import run as _cli_run
 from amebus.cli import status as _cli_status
 from amebus.cli import workers as _cli_workers
 from amebus.cli.connect import close, connect, server_url
-from amebus.cli.load import USAGE, CommandError, say, service_class
+from amebus.cli.load import USAGE, CommandError, say
 from amebus.errors import SubjectError
-from amebus.routing import durable_name
-from amebus.service import Service
 
 __all__ = ["main"]
-
-
-# -- routes ---------------------------------------------------------------------------------
-
-def _handler_name(handler: Any) -> str:
-    if hasattr(handler, "__qualname__"):
-        return str(handler.__qualname__)
-    if callable(getattr(handler, "process", None)):
-        return f"{type(handler).__qualname__}.process"
-    return f"{type(handler).__qualname__}.__call__"
-
-
-def _route_rows(cls: type[Service]) -> list[dict[str, Any]]:
-    rows = []
-    for route in cls.routes:
-        event = route.event if route.takes == "event" else None
-        rows.append({
-            "pattern": route.pattern,
-            "name": route.name,
-            "handler": _handler_name(route.handler),
-            "takes": route.takes,
-            "event": f"{event.__module__}.{event.__qualname__}" if event else None,
-            "event_type": getattr(event, "event_type", None) if event else None,
-            "with_message": route.with_message,
-            "timeout": route.timeout,
-        })
-    return rows
-
-
-def _routes(args: argparse.Namespace) -> int:
-    cls = service_class(args.target)
-    rows = _route_rows(cls)
-    if args.json:
-        print(json.dumps({
-            "service": f"{cls.__module__}.{cls.__qualname__}",
-            "stream": cls.stream,
-            "durable": durable_name(cls),
-            "routes": rows,
-            "filter_subjects": list(cls.filter_subjects),
-            "server_filter": cls.server_filter,
-        }, indent=2))
-        return 0
-    table = [("PATTERN", "ROUTE", "HANDLER", "RECEIVES")]
-    for row in rows:
-        receives = {"payload": "bytes", "message": "message"}.get(row["takes"], "")
-        receives = receives or str(row["event"]).rpartition(".")[2]
-        if row["with_message"]:
-            receives += " + message"
-        table.append((row["pattern"], row["name"], row["handler"], receives))
-    widths = [max(len(line[i]) for line in table) for i in range(3)]
-    print(f"{cls.__qualname__}: stream {cls.stream or '(not set)'}, durable "
-          f"{durable_name(cls)}; routes by precedence:")
-    for line in table:
-        cells = (cell.ljust(width) for cell, width in zip(line, [*widths, 0], strict=True))
-        print(("  " + "  ".join(cells)).rstrip())
-    print(f"filter subjects: {', '.join(cls.filter_subjects) or '(none)'} "
-          f"(server_filter {cls.server_filter!r})")
-    return 0
-
-
-# -- asyncapi -------------------------------------------------------------------------------
-
-def _asyncapi(args: argparse.Namespace) -> int:
-    from amebus.asyncapi import asyncapi_document
-
-    cls = service_class(args.target)
-    document = asyncapi_document(cls, title=args.title, version=args.api_version,
-                                 server=args.server)
-    print(json.dumps(document, indent=2))
-    return 0
 
 
 # -- publish --------------------------------------------------------------------------------
@@ -293,8 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=args.log_level, handlers=[handler])
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": lambda a: asyncio.run(_cli_run.run(a, console)),
-        "routes": _routes,
-        "asyncapi": _asyncapi,
+        "routes": _cli_routes.routes,
+        "asyncapi": _cli_routes.asyncapi,
         "publish": lambda a: asyncio.run(_publish(a)),
         "status": lambda a: asyncio.run(_cli_status.status(a)),
         "dlq": lambda a: asyncio.run(_cli_dlq.run(a)),
