@@ -199,10 +199,13 @@ class Codec:
 
     Args:
         converter: the converter to use; ``None`` makes one with ``make_converter()``.
+        fast: with no ``converter``, decode with msgspec where that equals the cattrs path
+            (docs/events.md); ``False``, or a given converter, keeps the cattrs path.
     """
 
-    def __init__(self, converter: BaseConverter | None = None) -> None:
+    def __init__(self, converter: BaseConverter | None = None, *, fast: bool = True) -> None:
         self.converter = make_converter() if converter is None else converter
+        self._fast = fast and converter is None  # a given converter may hold any hook
         self._encoders: dict[type[Any], Callable[[Any, bool], bytes]] = {}
         self._decoders: dict[type[Any], Callable[[bytes], Any]] = {}
 
@@ -275,7 +278,8 @@ class Codec:
                        f"{'; '.join(errors)}; the producer's schema differs from this class")
                 raise DecodeError(msg, errors=errors, size=len(data), target=cls) from None
 
-        fast = None if converter is not self.converter else fast_decoder(cls, converter, _HOOKS)
+        fast = (fast_decoder(cls, converter, _HOOKS)
+                if self._fast and converter is self.converter else None)
         if fast is None:
             return decode
         fast_decode = fast
