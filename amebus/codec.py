@@ -14,11 +14,13 @@ from datetime import date, datetime
 from typing import Any, TypeVar
 
 import attrs
+import msgspec
 from cattrs import BaseConverter, Converter
 from cattrs.errors import BaseValidationError
 from cattrs.preconf.json import make_converter as _make_json_converter
 from cattrs.v import format_exception, transform_error
 
+from amebus._fastdecode import fast_decoder
 from amebus.errors import ConfigurationError, DecodeError
 
 __all__ = ["Codec", "default_codec", "make_converter"]
@@ -148,6 +150,8 @@ def _dumps(obj: Any) -> bytes:
     return _encoder.encode(obj).encode()
 
 
+_HOOKS: dict[type[Any], Any] = {str: _str, int: _int, float: _float, bool: _bool}
+
 _JSON_NAMES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
                type(None): "null"}
 
@@ -195,10 +199,13 @@ class Codec:
 
     Args:
         converter: the converter to use; ``None`` makes one with ``make_converter()``.
+        fast: with no ``converter``, decode with msgspec where that equals the cattrs path
+            (docs/events.md); ``False``, or a given converter, keeps the cattrs path.
     """
 
-    def __init__(self, converter: BaseConverter | None = None) -> None:
+    def __init__(self, converter: BaseConverter | None = None, *, fast: bool = True) -> None:
         self.converter = make_converter() if converter is None else converter
+        self._fast = fast and converter is None  # a given converter may hold any hook
         self._encoders: dict[type[Any], Callable[[Any, bool], bytes]] = {}
         self._decoders: dict[type[Any], Callable[[bytes], Any]] = {}
 
@@ -258,7 +265,8 @@ class Codec:
 
     def _make_decoder(self, cls: type[E]) -> Callable[[bytes], E]:
         _require_attrs(cls, "Codec.decoder()")
-        structure = _converter_for(cls, self.converter).get_structure_hook(cls)
+        converter = _converter_for(cls, self.converter)
+        structure = converter.get_structure_hook(cls)
 
         def decode(data: bytes) -> E:
             obj = _parse(data, cls)
@@ -270,7 +278,22 @@ class Codec:
                        f"{'; '.join(errors)}; the producer's schema differs from this class")
                 raise DecodeError(msg, errors=errors, size=len(data), target=cls) from None
 
-        return decode
+        fast = (fast_decoder(cls, converter, _HOOKS)
+                if self._fast and converter is self.converter else None)
+        if fast is None:
+            return decode
+        fast_decode = fast
+
+        def decode_fast(data: bytes) -> E:
+            try:
+                if not data.isascii():
+                    data.decode()  # msgspec skips unknown keys' strings unchecked: check UTF-8
+                return fast_decode(data)  # type: ignore[no-any-return]
+            except (msgspec.MsgspecError, UnicodeError, ValueError, TypeError, KeyError,
+                    RecursionError):
+                return decode(data)  # the definition: its value, or its detailed DecodeError
+
+        return decode_fast
 
 
 default_codec = Codec()

@@ -1,7 +1,8 @@
 """The hand-written consumer loops amebus is measured against, one coroutine per approach.
 
 Every approach does the same work per message (`Workload.handle`): ``json.loads`` plus a cattrs
-structure into `Order`, dispatch by subject to one of four async handlers, a count per route;
+structure into `Order` (``pulled_msgspec``: msgspec straight into `Order`), dispatch by
+subject to one of four async handlers, a count per route;
 then it acks, except the two core rows. Each approach opens its own connection, calls
 ``target.ready()`` once it can receive, and returns after `Workload.done` is set and its acks
 are flushed.
@@ -17,6 +18,7 @@ from typing import Any
 
 import attrs
 import cattrs
+import msgspec
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -36,6 +38,7 @@ __all__ = [
     "Workload",
     "consumer_config",
     "decode",
+    "decode_msgspec",
     "route_of",
 ]
 
@@ -67,6 +70,10 @@ _converter = cattrs.Converter()
 def decode(data: bytes) -> Order:
     """Decode one payload; every approach, amebus aside, calls exactly this."""
     return _converter.structure(json.loads(data), Order)
+
+
+decode_msgspec: Callable[[bytes], Order] = msgspec.json.Decoder(Order).decode
+"""The ``pulled_msgspec`` row's decode: msgspec straight into `Order`, the best by hand."""
 
 
 def route_of(subject: str) -> str:
@@ -130,12 +137,13 @@ class Workload:
             self._first_wall = time.perf_counter()
             self._first_cpu = time.process_time()
 
-    async def handle(self, subject: str, data: bytes) -> None:
-        """Decode, dispatch by subject, count."""
+    async def handle(self, subject: str, data: bytes,
+                     decoder: Callable[[bytes], Order] = decode) -> None:
+        """Decode (with `decode` unless told), dispatch by subject, count."""
         if not self.received:
             self.start_clock()
         self.received += 1
-        await self._handlers[route_of(subject)](decode(data))
+        await self._handlers[route_of(subject)](decoder(data))
 
     def tally(self, subject: str) -> None:
         """The `core` row's whole work: count by route, decode nothing."""
@@ -235,9 +243,11 @@ class _Puller:
     """
 
     def __init__(
-        self, nc: Client, work: Workload, target: Target, *, batch: int, refill_at: int
+        self, nc: Client, work: Workload, target: Target, *, batch: int, refill_at: int,
+        decoder: Callable[[bytes], Order] = decode,
     ) -> None:
         self._nc = nc
+        self._decoder = decoder
         self._work = work
         self._batch = batch
         self._refill_at = refill_at
@@ -261,7 +271,7 @@ class _Puller:
             await self._on_status(headers)
             return
         self._outstanding -= 1
-        await self._work.handle(msg.subject, msg.data)
+        await self._work.handle(msg.subject, msg.data, self._decoder)
         await self._nc.publish(msg.reply, _ACK)
         self._work.settled(acked=True)
         if self._outstanding <= self._refill_at and not self._work.done.is_set():
@@ -288,6 +298,18 @@ async def pulled(work: Workload, target: Target) -> None:
     nc = await _connect(target.url)
     await nc.jetstream().add_consumer(target.stream, consumer_config(target.durable))
     await _Puller(nc, work, target, batch=PULL_BATCH, refill_at=PULL_BATCH // 2).start()
+    target.ready()
+    await work.done.wait()
+    await nc.flush()
+    await nc.close()
+
+
+async def pulled_msgspec(work: Workload, target: Target) -> None:
+    """`pulled`, decoding with `decode_msgspec` (msgspec straight into `Order`) instead."""
+    nc = await _connect(target.url)
+    await nc.jetstream().add_consumer(target.stream, consumer_config(target.durable))
+    await _Puller(nc, work, target, batch=PULL_BATCH, refill_at=PULL_BATCH // 2,
+                  decoder=decode_msgspec).start()
     target.ready()
     await work.done.wait()
     await nc.flush()
@@ -384,6 +406,7 @@ APPROACHES: dict[str, Approach] = {
     "core_decode": core_decode,
     "push": push,
     "pulled": pulled,
+    "pulled_msgspec": pulled_msgspec,
     "fetch": fetch,
     "faststream": faststream,
     "faststream_pull": faststream_pull,

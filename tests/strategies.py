@@ -373,3 +373,97 @@ def hostile_order(kind: str, note: str, length: int) -> bytes:
     """The JSON of a valid order carrying ``note`` (surrogates as \\u escapes)."""
     return json.dumps({"id": f"{kind}:{length}", "amount": 1, "note": note},
                       ensure_ascii=True).encode()
+
+
+# -- generated event classes and payloads for the codec's fast path ------------------------------
+# A class is drawn as a tree of field types; payloads are valid by construction, then noised:
+# any value may be replaced by a random JSON value, keys dropped or added, the bytes cut.
+
+_class_names = itertools.count()
+_fast_leaves = st.sampled_from([str, int, float, bool]) | st.builds(
+    lambda values: enum.Enum(f"E{next(_class_names)}", {f"M{i}": v for i, v in enumerate(values)}),
+    st.lists(st.text(max_size=3), min_size=1, max_size=3, unique=True)
+    | st.lists(st.integers(-3, 3), min_size=1, max_size=3, unique=True))
+
+
+def _fast_class(fields: list[tuple[Any, bool]], base: type[Any] | None = None) -> type[Any]:
+    spec = {f"f{i}": attrs.field(type=tp, default=None) if optional else attrs.field(type=tp)
+            for i, (tp, optional) in enumerate(fields)}
+    name = f"Gen{next(_class_names)}"
+    if base is None:
+        return attrs.make_class(name, spec, frozen=True)
+    return attrs.make_class(name, spec, bases=(base,), frozen=True,
+                            class_body={"subject": f"gen.{name}"})
+
+
+def _field_types(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[list[tuple[Any, bool]]]:
+    optional = inner.map(lambda tp: (typing.Optional[tp], True))  # noqa: UP045 - a runtime type
+    return st.lists(inner.map(lambda tp: (tp, False)) | optional, min_size=1, max_size=5).map(
+        lambda fields: sorted(fields, key=lambda field: field[1]))  # defaults last
+
+
+fast_field_types = st.recursive(
+    _fast_leaves,
+    lambda inner: (inner.map(lambda tp: list[tp]) | inner.map(lambda tp: dict[str, tp])
+                   | _field_types(inner).map(_fast_class)),
+    max_leaves=6,
+)
+"""Field types the fast path takes: scalars, enums, optionals, lists, dicts, nested attrs."""
+
+
+def fast_event_classes(base: type[Any]) -> st.SearchStrategy[type[Any]]:
+    """Frozen attrs subclasses of ``base`` (``amebus.Event``) with `fast_field_types` fields."""
+    return _field_types(fast_field_types).map(lambda fields: _fast_class(fields, base))
+
+
+def _lookalike(value: Any, how: int) -> Any:
+    # a value a lax decoder would coerce: "1" for 1, 1.0 for 1, 1 for true, "a" for ["a"]
+    if how == 0:
+        return json.dumps(value) if not isinstance(value, str) else value.isdigit() and int(value)
+    if how == 1 and isinstance(value, int | bool):
+        return float(value) if not isinstance(value, bool) else int(value)
+    return [value] if how == 2 else {"value": value}
+
+
+def _json_for(tp: Any, noise: bool) -> st.SearchStrategy[Any]:
+    if noise:
+        return json_values | st.builds(_lookalike, _json_for(tp, False), st.integers(0, 3)) | \
+            st.builds(_lookalike, _json_for(tp, False), st.integers(0, 1))
+    if tp in (str, int, bool):
+        return _SCALARS[tp] if tp is not str else st.text(max_size=8)
+    if tp is float:
+        return st.floats(allow_nan=False, allow_infinity=False) | st.integers(-10**20, 10**20)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return st.sampled_from([member.value for member in tp])
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return st.none() | fast_payload_values(args[0])
+    if origin is list:
+        return st.lists(fast_payload_values(args[0]), max_size=3)
+    if origin is dict:
+        return st.dictionaries(st.text(max_size=4), fast_payload_values(args[1]), max_size=3)
+    fields = {f.name: fast_payload_values(f.type) for f in attrs.fields(tp)}
+    required = {f.name for f in attrs.fields(tp) if f.default is attrs.NOTHING}
+    return st.fixed_dictionaries({k: v for k, v in fields.items() if k in required},
+                                 optional={k: v for k, v in fields.items() if k not in required})
+
+
+def fast_payload_values(tp: Any) -> st.SearchStrategy[Any]:
+    """JSON values for a field of type ``tp``: mostly valid, sometimes any JSON value."""
+    return st.deferred(lambda: st.one_of(*[_json_for(tp, False)] * 4, _json_for(tp, True)))
+
+
+def _noised(obj: Any, extra: dict[str, Any], drop: int) -> Any:
+    if isinstance(obj, dict) and obj:
+        obj = {k: v for i, (k, v) in enumerate(obj.items()) if i != drop % (len(obj) + 1)}
+    return {**obj, **extra} if isinstance(obj, dict) else obj
+
+
+def fast_payloads(cls: type[Any]) -> st.SearchStrategy[bytes]:
+    """Payloads for ``cls``: valid ones, noised ones (keys dropped or added), cut bytes."""
+    whole = st.builds(_noised, _json_for(cls, False),
+                      st.dictionaries(st.text(max_size=4), json_values, max_size=2),
+                      st.just(-1) | st.just(-1) | st.integers(0, 8))
+    dumped = st.builds(_dump, whole, st.booleans())
+    return st.one_of(*[dumped] * 5, st.builds(
+        lambda data, cut: data[: cut % max(len(data), 1)], dumped, st.integers(0)))

@@ -1,0 +1,149 @@
+"""The codec's fast path (msgspec straight into the attrs class) against its definition (cattrs).
+
+The differential property: over generated event classes and payloads, the fast path returns an
+object equal to the cattrs path's, or both refuse with the same DecodeError message. The
+documented disagreements (docs/events.md, "The fast path") are pinned one by one below.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import event, given
+from hypothesis import strategies as st
+
+from amebus import Event
+from amebus._fastdecode import fast_decoder
+from amebus.codec import _HOOKS, Codec, make_converter
+from amebus.errors import DecodeError
+from tests.strategies import fast_event_classes, fast_payloads
+
+FAST = Codec()
+SLOW = Codec(fast=False)
+
+
+def _outcome(codec: Codec, cls: type[Any], data: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", codec.decode(cls, data)
+    except DecodeError as err:
+        return "refused", (str(err), err.errors, err.size, err.target)
+
+
+@st.composite
+def _class_and_payload(draw: st.DrawFn) -> tuple[type[Any], bytes]:
+    cls = draw(fast_event_classes(Event))
+    return cls, draw(fast_payloads(cls))
+
+
+@given(_class_and_payload())
+def test_fast_path_equals_cattrs_path(case: tuple[type[Any], bytes]) -> None:
+    cls, data = case
+    assert fast_decoder(cls, FAST.converter, _HOOKS) is not None, "the fast path was not taken"
+    fast = _outcome(FAST, cls, data)
+    event(fast[0])
+    assert fast == _outcome(SLOW, cls, data)
+
+
+@attrs.frozen
+class Plain:
+    name: str
+    count: int
+    ratio: float = 0.0
+    flag: bool = False
+
+
+@pytest.mark.parametrize("data", [
+    b'{"name": "a", "count": "1"}', b'{"name": 1, "count": 1}', b'{"name": "a", "count": true}',
+    b'{"name": "a", "count": 1.0}', b'{"name": "a", "count": 1, "ratio": NaN}',
+    b'{"name": "a", "count": 1, "ratio": Infinity}', b'{"name": "a", "count": 1, "ratio": 1e400}',
+    b'{"name": "a", "count": 1, "flag": 1}', b'{"name": "a", "count": 1, "ratio": true}',
+    b'{"name": "a", "count": 1, "x": "\xff"}', b'\xef\xbb\xbf{"name": "a", "count": 1}',
+    b'{"name": "a", "count": 1' + b"0" * 5000 + b"}", b'{"name": "a", "count": 1}x',
+], ids=repr)
+def test_both_paths_refuse_what_amebus_refuses(data: bytes) -> None:
+    assert _outcome(FAST, Plain, data)[0] == "refused"
+    assert _outcome(FAST, Plain, data) == _outcome(SLOW, Plain, data)
+
+
+@pytest.mark.parametrize("data", [
+    b'{"name": "a", "count": 123456789012345678901234567890}',  # beyond 64 bits: accepted
+    b'{"name": "a", "count": -9223372036854775809, "ratio": 1}',
+    b'{"name": "a", "count": 1, "count": 2}',  # a duplicate key: the last one wins
+    b'{"name": 1, "name": "a", "count": 1}',  # msgspec refuses the first: cattrs decides
+    b'{"name": "\\ud800", "count": 1}',  # a lone surrogate: msgspec refuses, cattrs accepts
+    b'{"name": "a", "count": 1, "unknown": [1, {"deep": null}]}',
+    '{"name": "é", "count": 1}'.encode(),
+], ids=repr)
+def test_both_paths_accept_the_same(data: bytes) -> None:
+    assert _outcome(FAST, Plain, data)[0] == "ok"
+    assert _outcome(FAST, Plain, data) == _outcome(SLOW, Plain, data)
+
+
+@pytest.mark.parametrize("unknown", [b"1e400", b"1" + b"0" * 5000, b"-1e400"], ids=repr)
+def test_documented_disagreement_numbers_under_an_unknown_key(unknown: bytes) -> None:
+    # msgspec skips an undeclared key's number without converting it; stdlib json converts it
+    # and refuses it. docs/events.md documents it: the fast path accepts, the value is dropped.
+    data = b'{"name": "a", "count": 1, "unknown": ' + unknown + b"}"
+    assert _outcome(FAST, Plain, data) == ("ok", Plain("a", 1))
+    assert _outcome(SLOW, Plain, data)[0] == "refused"
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+@attrs.frozen
+class WithDatetime:
+    at: datetime
+
+
+@attrs.frozen
+class WithValidator:
+    count: int = attrs.field(converter=int)
+
+
+@attrs.frozen
+class OwnConverter:
+    name: str
+    converter = make_converter()
+
+
+@attrs.frozen
+class Nested:
+    plain: Plain
+    colours: list[Colour]
+    by_key: dict[str, int | None]
+
+
+def test_which_classes_take_the_fast_path() -> None:
+    assert fast_decoder(Plain, FAST.converter, _HOOKS) is not None
+    assert fast_decoder(Nested, FAST.converter, _HOOKS) is not None
+    for cls in (WithDatetime, WithValidator, OwnConverter):
+        assert fast_decoder(cls, FAST.converter, _HOOKS) is None, cls
+    assert FAST.decode(WithDatetime, b'{"at": "2026-01-02T03:04:05Z"}') == SLOW.decode(
+        WithDatetime, b'{"at": "2026-01-02T03:04:05Z"}')
+
+
+def test_a_replaced_scalar_hook_keeps_the_cattrs_path() -> None:
+    converter = make_converter()
+    converter.register_structure_hook(int, lambda value, _: int(value))  # a lax int
+    codec = Codec(converter)
+    assert fast_decoder(Plain, converter, _HOOKS) is None
+    assert codec.decode(Plain, b'{"name": "a", "count": "7"}') == Plain("a", 7)
+
+
+def test_a_refusal_keeps_the_detailed_error() -> None:
+    with pytest.raises(DecodeError) as caught:
+        FAST.decode(Nested, b'{"plain": {"name": 1, "count": "2"}, "colours": ["blue"],'
+                            b' "by_key": {}}')
+    assert caught.value.errors == (
+        "expected str, got 1 (int) @ $.plain.name",
+        "expected int, got '2' (str) @ $.plain.count",
+        "invalid value for type, expected Colour @ $.colours[0]",
+    )
+    assert str(caught.value) == _outcome(SLOW, Nested, b'{"plain": {"name": 1, "count": "2"},'
+                                                      b' "colours": ["blue"], "by_key": {}}')[1][0]
