@@ -75,6 +75,8 @@ class JetStreamConsumer(Settler):
         observer: told where each delivery starts, ends and is settled.
         on_settled: called with every message settled (the pull engine's byte budget).
         on_tick: called by the watchdog at every tick (the pull engine's flow control).
+        parked: where messages taken but held back unstarted are kept (the pull engine's
+            ``parked``, so they count against its window); see :meth:`park`.
     """
 
     def __init__(self, processor: Processor, nc: Client, error_tracer: ErrorTracer | None = None,
@@ -83,7 +85,7 @@ class JetStreamConsumer(Settler):
                  attempts: Attempts | None = None, first_reply: str = "",
                  observer: Observer | None = None,
                  on_settled: Callable[[Msg], None] | None = None,
-                 on_tick: Tick | None = None) -> None:
+                 on_tick: Tick | None = None, parked: dict[str, Msg] | None = None) -> None:
         super().__init__(nc, error_tracer, settings or Settings(),
                          owner=type(processor).__name__, skip_unrouted=skip_unrouted,
                          limits=limits, attempts=attempts, observer=observer,
@@ -98,6 +100,9 @@ class JetStreamConsumer(Settler):
             self.resolve = resolver.resolve
         self.first_reply = first_reply
         self.on_tick = on_tick
+        self.parked: dict[str, Msg] = {} if parked is None else parked
+        """Messages taken and held back unstarted (waiting for their key, or collected into a
+        batch), by reply subject: kept alive by in-progress signals, given back at shutdown."""
         self._slots: list[Slot] = []
 
     # -- running --------------------------------------------------------------------------
@@ -145,6 +150,7 @@ class JetStreamConsumer(Settler):
             for task in workers:  # after a worker's failure: the others stop too (nak 0)
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            await self.give_back_parked()  # held back unstarted: back, uncounted
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
@@ -175,6 +181,23 @@ class JetStreamConsumer(Settler):
                     slot.forgive(task)  # a timeout that fired just after its handler finished
                     continue
                 raise
+
+    # -- parked messages ----------------------------------------------------------------------
+
+    def park(self, msg: Msg) -> None:
+        """Hold ``msg`` back unstarted: it counts against the pull window, gets in-progress
+        signals while it waits and is given back (uncounted) if serving stops first."""
+        self.parked[msg.reply] = msg
+
+    def unpark(self, msg: Msg) -> None:
+        """``msg`` starts now (or is settled): it is no longer parked."""
+        self.parked.pop(msg.reply, None)
+
+    async def give_back_parked(self) -> None:
+        """Give back every parked message (serving stops): nak'ed for redelivery, uncounted."""
+        while self.parked:
+            _, msg = self.parked.popitem()
+            await self.give_back(msg)
 
     # -- one message ------------------------------------------------------------------------
 

@@ -133,7 +133,7 @@ class Puller(PullBudget):
                     self._waiters.remove(waiter)
                 raise
         msg = self.buffer.popleft()
-        if self.pending + len(self.buffer) <= self.limit // 2 and not self.closed:
+        if self.pending + self.waiting <= self.limit // 2 and not self.closed:
             await self.refill()  # half the count window is free: sent if the bytes allow
         return msg
 
@@ -141,7 +141,7 @@ class Puller(PullBudget):
         """``msg`` is settled: its bytes leave the budget (once; unknown messages are ignored)."""
         if not self._settled(msg):
             return
-        if (self.pending + len(self.buffer) <= self.limit // 2 and not self.closed
+        if (self.pending + self.waiting <= self.limit // 2 and not self.closed
                 and self._due()[0] and self._refilling is None):
             self._refilling = asyncio.get_running_loop().create_task(self.refill())
             self._refilling.add_done_callback(lambda _: setattr(self, "_refilling", None))

@@ -25,6 +25,10 @@ class PullBudget:
         self.limit = self.batch  # the current bound; the consumer lowers it for slow handlers
         self.pending = 0  # messages requested and not yet received
         self.buffer: deque[Msg] = deque()  # messages received and not yet taken
+        self.parked: dict[str, Msg] = {}
+        """Messages the consumer took and parked unstarted (waiting for their key, or
+        collected into a batch), by reply subject: they count against the window like the
+        buffer, so parking never over-fetches."""
         self.max_bytes = max(1, max_bytes)
         self.reserved = 0  # bytes requested and not yet received (by the server's count)
         self.unsettled = 0  # bytes received and not yet released
@@ -44,12 +48,17 @@ class PullBudget:
                 return 0, 0
             max_payload = int(getattr(self._nc, "max_payload", 0) or 0)
             return 1, max(self.max_bytes, 2 * max_payload + 65536)
-        count = self.limit - self.pending - len(self.buffer)
+        count = self.limit - self.pending - len(self.buffer) - len(self.parked)
         share = (self.max_bytes + 1) // 2
         room = self.max_bytes - self.reserved - self.unsettled
         if count < self.limit - self.limit // 2 or room < share:
             return 0, 0
         return count, share
+
+    @property
+    def waiting(self) -> int:
+        """Messages pulled and not yet started: buffered, or parked by the consumer."""
+        return len(self.buffer) + len(self.parked)
 
     def _sent(self, want: int, nbytes: int, *, undo: bool = False) -> None:
         """A request for ``want`` messages and ``nbytes`` went out (``undo``: it failed)."""

@@ -252,7 +252,7 @@ class Service(metaclass=ServiceMeta):
             observer=(observer if observer is None or isinstance(observer, Observers)
                       else Observers(observer)),
             on_settled=puller.release,  # settled messages leave the byte budget
-            on_tick=Ticker(puller, settings).tick)
+            on_tick=Ticker(puller, settings).tick, parked=puller.parked)
         await puller.start()
         state.engine, state.lifecycle = (consumer, puller), Lifecycle.SERVING
         background: list[asyncio.Task[Any]] = []

@@ -136,7 +136,7 @@ class ServingState:
         consumer, puller = self.engine
         stats = self.stats
         stats.received, stats.skipped = puller.received, consumer.skipped
-        stats.in_flight, stats.buffered = consumer.in_flight, len(puller.buffer)
+        stats.in_flight, stats.buffered = consumer.in_flight, puller.waiting
         stats.bytes_in_flight = puller.unsettled
         stats.disconnects = puller.health.disconnects
         stats.dead_connections = puller.health.dead_connections
@@ -231,7 +231,7 @@ class Ticker:
 
     async def tick(self, consumer: JetStreamConsumer, elapsed: float) -> None:
         """Set the pull limit to what ``ack_wait / 4`` can start; send in-progress signals
-        for buffered messages every ``ack_wait / 3``."""
+        for buffered and parked messages every ``ack_wait / 3``."""
         puller, settings = self.puller, self.settings
         done = consumer.handled - self.handled
         self.handled = consumer.handled
@@ -241,11 +241,11 @@ class Ticker:
         else:
             puller.limit = puller.batch
         now = time.monotonic()
-        if puller.buffer and now - self.progress_at >= settings.ack_wait / 3:
+        if puller.waiting and now - self.progress_at >= settings.ack_wait / 3:
             self.progress_at = now
-            for msg in list(puller.buffer):
+            for msg in [*puller.buffer, *puller.parked.values()]:
                 await consumer.progress(msg)
-        elif not puller.buffer:
+        elif not puller.waiting:
             self.progress_at = now
 
 

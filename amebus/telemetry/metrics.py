@@ -169,7 +169,7 @@ class _Collector:
                 continue
             key = [serving.name, serving.stream, serving.durable]
             gauges["in_flight"].add_metric(key, serving.consumer.in_flight)
-            gauges["buffered"].add_metric(key, len(serving.puller.buffer))
+            gauges["buffered"].add_metric(key, serving.puller.waiting)
             lag = serving.lag
             if lag.updated_at:
                 gauges["consumer_num_pending"].add_metric(key, lag.num_pending)
