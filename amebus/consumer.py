@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from amebus.batching import Batches
+from amebus.batch_runner import Batches
 from amebus.correlation import correlation_headers
 from amebus.dispatch import dispatch_of
 from amebus.errors import (

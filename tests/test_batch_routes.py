@@ -25,7 +25,16 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from amebus import Batch, ConfigurationError, Failure, Nak, Route, Service, Term
+from amebus import (
+    Batch,
+    ConfigurationError,
+    Failure,
+    HandlerTimeoutError,
+    Nak,
+    Route,
+    Service,
+    Term,
+)
 from amebus.batching import Outcome, check_batch, outcomes_of, pull_batch
 from amebus.testing import NatsServer, ServiceHarness
 
@@ -180,6 +189,27 @@ async def test_a_wrong_length_result_fails_every_item(js: JetStreamContext,
         assert "returned 1 outcome(s) for 3 message(s)" in str(failure.error)
 
 
+async def test_a_batch_past_its_timeout_fails_every_item(js: JetStreamContext,
+                                                         space: Space) -> None:
+    """Rule: the route's timeout bounds the whole handler call; past it, every item fails as
+    ``HandlerTimeoutError`` and is retried."""
+    batches: list[list[tuple[int, int]]] = []
+    tracer = Tracer()
+
+    class Jobs(Service):
+        @Route(space.subject("job", "*"), batch=Batch(size=3, wait=0.3), timeout=0.3)
+        async def jobs(self, msgs: list[Msg]) -> None:
+            batches.append(deliveries(msgs))
+            if len(batches) == 1:
+                await asyncio.sleep(30)
+
+    await publish(js, space, 3)
+    async with serving(Jobs(), js, error_tracer=tracer, **space.options()):
+        await settled(js, space, last_seq=3, timeout=10)
+    assert [sorted(b) for b in batches] == [[(0, 1), (1, 1), (2, 1)], [(0, 2), (1, 2), (2, 2)]]
+    assert [type(f.error) for f in tracer.failures] == [HandlerTimeoutError] * 3
+
+
 async def test_an_item_that_does_not_decode_is_settled_alone(js: JetStreamContext,
                                                              space: Space) -> None:
     """Rule: an item that fails to decode is termed on its own and never reaches the handler."""
@@ -262,6 +292,29 @@ async def test_shutdown_gives_a_collecting_batch_back(js: JetStreamContext,
     async with serving(Later(), js, **space.options(ack_wait=30.0)):
         await settled(js, space, last_seq=3, timeout=10)  # given back: not after ack_wait
     assert [sorted(batch) for batch in got] == [[(i, 2) for i in ids]]
+
+
+async def test_shutdown_gives_a_running_batch_back_after_shutdown_timeout(
+        js: JetStreamContext, space: Space) -> None:
+    """Rule: a batch still running when ``shutdown_timeout`` ends is cancelled and each of its
+    messages given back; the next instance gets them all."""
+    got: list[list[tuple[int, int]]] = []
+    started = asyncio.Event()
+
+    class Jobs(Service):
+        @Route(space.subject("job", "*"), batch=Batch(size=3, wait=600.0))
+        async def jobs(self, msgs: list[Msg]) -> None:
+            got.append(deliveries(msgs))
+            started.set()
+            if len(got) == 1:
+                await asyncio.sleep(60)
+
+    ids = await publish(js, space, 3)
+    async with serving(Jobs(), js, **space.options(ack_wait=30.0, shutdown_timeout=0.5)):
+        await asyncio.wait_for(started.wait(), 10)
+    async with serving(Jobs(), js, **space.options(ack_wait=30.0)):
+        await settled(js, space, last_seq=3, timeout=10)  # given back: not after ack_wait
+    assert [sorted(b) for b in got] == [[(i, 1) for i in ids], [(i, 2) for i in ids]]
 
 
 async def test_in_progress_signals_keep_a_long_batch_alive(js: JetStreamContext,
