@@ -20,7 +20,8 @@ from amebus.errors import ConfigurationError, Nak, Term
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
-__all__ = ["Batch", "BatchCall", "Outcome", "check_batch", "outcomes_of", "pull_batch"]
+__all__ = ["Batch", "BatchCall", "Outcome", "check_batch", "check_sizes", "outcomes_of",
+           "pull_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -131,23 +132,32 @@ class BatchCall:
             raise outcome
 
 
-def pull_batch(owner: str, calls: Iterable[Batch | None], batch: int,
-               max_ack_pending: int) -> int:
-    """The pull batch for a service whose routes batch as ``calls``: at least twice the largest
-    size (one batch runs while the next fills), within ``max_ack_pending``.
+def check_sizes(owner: str, batches: Iterable[Batch | None], max_ack_pending: object) -> int:
+    """The largest batch size of a service's routes (0: none batches).
 
     Raises:
-        ConfigurationError: ``max_ack_pending`` is below a route's batch size.
+        ConfigurationError: ``max_ack_pending`` is below that size.
     """
-    sizes = [b.size for b in calls if b is not None]
-    if not sizes:
-        return batch
-    size = max(sizes)
-    if 0 < max_ack_pending < size:
+    size = max((b.size for b in batches if b is not None), default=0)
+    if isinstance(max_ack_pending, int) and 0 < max_ack_pending < size:
         msg = (f"{owner}: a route's batch size is {size} but max_ack_pending={max_ack_pending}: "
                f"the server never hands out that many unsettled messages, so the batch could "
                f"never fill; raise max_ack_pending to at least {2 * size} or lower the size")
         raise ConfigurationError(msg)
+    return size
+
+
+def pull_batch(owner: str, batches: Iterable[Batch | None], batch: int,
+               max_ack_pending: int) -> int:
+    """The pull batch for a service whose routes batch as ``batches``: at least twice the
+    largest size (one batch runs while the next fills), within ``max_ack_pending``.
+
+    Raises:
+        ConfigurationError: ``max_ack_pending`` is below a route's batch size.
+    """
+    size = check_sizes(owner, batches, max_ack_pending)
+    if not size:
+        return batch
     floor = 2 * size if max_ack_pending <= 0 else min(2 * size, max_ack_pending)
     if batch < floor:
         log.info("%s: pull batch raised from %d to %d for batch routes of size %d", owner,

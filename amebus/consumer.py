@@ -105,7 +105,7 @@ class JetStreamConsumer(Settler):
         """Messages taken and held back unstarted (waiting for their key, or collected into a
         batch), by reply subject: kept alive by in-progress signals, given back at shutdown."""
         self._slots: list[Slot] = []
-        self.batches = Batches(self)  # the batch routes' collectors (amebus.batching)
+        self.batches = Batches(self)  # the batch routes' collectors (amebus.batch_runner)
 
     # -- running --------------------------------------------------------------------------
 

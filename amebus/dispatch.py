@@ -98,7 +98,7 @@ class Bound:
             type(call).__call__)
         arg = _argument(route, codec)
         self.batch = None if route.route.batch is None else BatchCall(
-            route.route.batch, call, arg, route.name)  # run by the consumer's amebus.batching
+            route.route.batch, call, arg, route.name)  # run by amebus.batch_runner
         run: Callable[[Msg], Any]
         if self.batch is not None:
             run = self.batch.run_one  # outside a served consumer: a batch of one

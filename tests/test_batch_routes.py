@@ -147,7 +147,8 @@ async def test_a_raise_fails_every_item_and_each_is_retried(js: JetStreamContext
 
 async def test_a_batch_that_always_raises_is_termed_item_by_item(js: JetStreamContext, nc: Client,
                                                                  space: Space) -> None:
-    """Rule: the attempt limit applies to each item by its own count (max_deliver 3)."""
+    """Rule: the attempt limit applies to each item by its own count (max_deliver 3); each
+    is dead-lettered."""
     seen: Counter[int] = Counter()
 
     class Jobs(Service):
@@ -158,11 +159,43 @@ async def test_a_batch_that_always_raises_is_termed_item_by_item(js: JetStreamCo
 
     termed = await terms(nc, space)
     await publish(js, space, 3)
-    async with serving(Jobs(), js, **space.options()):
+    dead = space.subject("dead")
+    async with serving(Jobs(), js, **space.options(dead_letter_subject=dead)):
         await settled(js, space, last_seq=3, timeout=15)
         await eventually(lambda: len(termed) == 3, what="three term advisories")
     assert seen == {0: 3, 1: 3, 2: 3}
     assert all("failed on attempt 3 of 3" in t["reason"] for t in termed)
+    info = await js.stream_info(space.stream, subjects_filter=dead)
+    assert info.state.subjects == {dead: 3}  # each one dead-lettered
+
+
+async def test_a_raise_counts_each_item_by_its_own_deliveries(js: JetStreamContext, nc: Client,
+                                                              space: Space) -> None:
+    """Rule: in one batch that raises, an item on its last attempt is termed and the fresh
+    items beside it are retried (max_deliver 2)."""
+    batches: list[list[tuple[int, int]]] = []
+
+    class Jobs(Service):
+        @Route(space.subject("job", "*"), batch=Batch(size=3, wait=1.0))
+        async def jobs(self, msgs: list[Msg]) -> list[Outcome]:
+            batches.append(deliveries(msgs))
+            if len(batches) == 1:  # jobs 3 and 4 arrive while job 0 waits for redelivery
+                for job_id in (3, 4):
+                    await Job(ns=space.prefix, job_id=job_id).publish(js)
+                return [Nak(delay=0), None, None]
+            if len(batches) == 2:
+                raise RuntimeError("the warehouse is down")
+            return [None] * len(msgs)
+
+    termed = await terms(nc, space)
+    await publish(js, space, 3)
+    async with serving(Jobs(), js, **space.options(max_deliver=2)):
+        await settled(js, space, last_seq=5, timeout=10)
+        await eventually(lambda: len(termed) == 1, what="one term advisory")
+    assert batches[0] == [(0, 1), (1, 1), (2, 1)]
+    assert sorted(batches[1]) == [(0, 2), (3, 1), (4, 1)]
+    assert [sorted(b) for b in batches[2:]] == [[(3, 2), (4, 2)]]  # job 0 is not retried
+    assert termed[0]["stream_seq"] == 1 and "attempt 2 of 2" in termed[0]["reason"]
 
 
 async def test_a_wrong_length_result_fails_every_item(js: JetStreamContext,
@@ -419,6 +452,12 @@ class TestDeclaration:
                 @Route(Job)
                 async def jobs(self, jobs: list[Job]) -> None: ...
 
+    def test_a_batch_above_max_ack_pending(self) -> None:
+        with pytest.raises(ConfigurationError, match="batch size is 100 but max_ack_pending=50"):
+            class Wrong(Service):
+                max_ack_pending = 50
+                jobs = Route(Job, print, batch=100)
+
     def test_no_idempotent_batch(self) -> None:
         with pytest.raises(ConfigurationError, match="cannot be idempotent"):
             Route(Job, print, batch=10, idempotent=True)
@@ -454,3 +493,15 @@ class TestHarness:
         decisions = [(await harness.feed(Job(ns="t", job_id=i))).decision for i in range(3)]
         assert [(d.action, d.delay) for d in decisions if d is not None] == [
             ("ack", 0.0), ("nak", 3.0), ("term", 0.0)]
+
+    async def test_a_sync_handler_object(self) -> None:
+        class Writer:
+            def process(self, jobs: list[Job]) -> list[Outcome]:
+                return [Term("odd") if j.job_id % 2 else None for j in jobs]
+
+        class Jobs(Service):
+            jobs = Route(Job, Writer(), batch=2)
+
+        harness = ServiceHarness(Jobs())
+        decisions = [(await harness.feed(Job(ns="t", job_id=i))).decision for i in range(2)]
+        assert [d.action for d in decisions if d is not None] == ["ack", "term"]
