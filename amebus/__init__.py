@@ -15,6 +15,7 @@ import importlib
 from typing import Any
 
 from amebus._version import __version__
+from amebus.batching import Batch
 from amebus.codec import make_converter
 from amebus.correlation import CORRELATION_HEADER, correlation_id
 from amebus.errors import (
@@ -45,6 +46,7 @@ __all__ = [
     "EVENT_TYPE_HEADER",
     "AmebusError",
     "AttemptsExhaustedError",
+    "Batch",
     "BatchPublishError",
     "ConfigurationError",
     "Decision",

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from amebus.batch_runner import Batches
 from amebus.correlation import correlation_headers
 from amebus.dispatch import dispatch_of
 from amebus.errors import (
@@ -104,6 +105,7 @@ class JetStreamConsumer(Settler):
         """Messages taken and held back unstarted (waiting for their key, or collected into a
         batch), by reply subject: kept alive by in-progress signals, given back at shutdown."""
         self._slots: list[Slot] = []
+        self.batches = Batches(self)  # the batch routes' collectors (amebus.batch_runner)
 
     # -- running --------------------------------------------------------------------------
 
@@ -131,6 +133,7 @@ class JetStreamConsumer(Settler):
         for index, slot in enumerate(self._slots):
             slot.task = asyncio.create_task(self._worker(slot, take),
                                             name=f"amebus-worker-{index}")
+        self._slots += self.batches.start()  # a runner per batch route, watched like a worker
         watchdog = asyncio.create_task(self._watchdog(), name="amebus-watchdog")
         workers = [slot.task for slot in self._slots if slot.task is not None]
         try:
@@ -173,6 +176,7 @@ class JetStreamConsumer(Settler):
             try:
                 msg = await take()
                 if msg is None:
+                    self.batches.end()  # collected batches run now
                     return
                 await self.handle(msg, slot)
             except asyncio.CancelledError:
@@ -206,6 +210,8 @@ class JetStreamConsumer(Settler):
         handler = self.resolve(msg.subject)
         if handler is None:
             return await self.unrouted(msg)
+        if handler in self.batches:  # collected; settled by its batch's run
+            return await self.batches.add(msg, handler)
         if slot is None:
             slot = Slot(task=asyncio.current_task())
         reply = msg.reply

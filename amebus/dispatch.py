@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from amebus import once
+from amebus.batching import BatchCall
 from amebus.codec import Codec, default_codec
 from amebus.errors import ConfigurationError, DecodeError, NoRouteError
 from amebus.events import EVENT_TYPE_HEADER
@@ -75,7 +76,7 @@ class Bound:
     for an async handler its own coroutine, with no wrapper on the per-message path.
     """
 
-    __slots__ = ("name", "route", "run", "stats", "timeout")
+    __slots__ = ("batch", "name", "route", "run", "stats", "timeout")
 
     def __init__(self, route: CompiledRoute, service: Any, codec: Codec,
                  mounted: dict[type[Any], Any]) -> None:
@@ -96,8 +97,12 @@ class Bound:
         is_async = inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(
             type(call).__call__)
         arg = _argument(route, codec)
+        self.batch = None if route.route.batch is None else BatchCall(
+            route.route.batch, call, arg, route.name)  # run by amebus.batch_runner
         run: Callable[[Msg], Any]
-        if route.with_message:
+        if self.batch is not None:
+            run = self.batch.run_one  # outside a served consumer: a batch of one
+        elif route.with_message:
             run = lambda msg: call(arg(msg), msg)  # noqa: E731
         elif arg is _as_message:
             run = call

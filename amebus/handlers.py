@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from amebus.errors import ConfigurationError
@@ -101,13 +101,14 @@ def _callable_of(handler: Any) -> Callable[..., Any]:
 
 
 def signature(handler: Any, *, is_method: bool, event: type[Any] | None, pattern: str,
-              name: str, localns: Mapping[str, Any]
+              name: str, localns: Mapping[str, Any], batch: bool = False
               ) -> tuple[Takes, tuple[type[Any], ...], bool]:
     """Decide once what a handler receives, from its parameters' annotations.
 
     Returns what the first parameter takes, the Event classes it accepts (several for a
     union), and whether a second parameter takes the raw message. ``event`` is the Event class
-    the route was declared with (``Route(OrderPaid)``), if any.
+    the route was declared with (``Route(OrderPaid)``), if any. A ``batch`` route's handler
+    takes one list (``list[OrderPaid]``): its items are read as the first parameter here.
     """
     from amebus.events import is_event_class
 
@@ -131,6 +132,9 @@ def signature(handler: Any, *, is_method: bool, event: type[Any] | None, pattern
         raise ConfigurationError(msg)
     hints = _hints(func, where, localns)
     first = hints.get(positional[0].name) if positional else None
+    if batch:
+        first = _batch_item(first, where, positional[0].name if positional else "*args",
+                            len(required))
     takes: Takes
     members = typing.get_args(first) if _is_union(first) else ()
     if first is None or first is Any:
@@ -155,13 +159,32 @@ def signature(handler: Any, *, is_method: bool, event: type[Any] | None, pattern
     elif _is_nats_msg(first):
         takes = "message"
     else:
+        hint = ("; a handler of a list of events needs Route(..., batch=Batch(size=..., "
+                "wait=...))" if typing.get_origin(first) is list and not batch else "")
         msg = (f"{where}: first parameter {positional[0].name!r} is annotated {first!r}; "
-               f"annotate it with an Event subclass, bytes, or nats.aio.msg.Msg")
+               f"annotate it with an Event subclass, bytes, or nats.aio.msg.Msg{hint}")
         raise ConfigurationError(msg)
     if event is not None:
         _check_overlap(where, event, pattern)
     with_message = len(required) == 2 and _second_ok(where, hints, required)
     return takes, (event,) if event is not None else (), with_message
+
+
+def _batch_item(annotation: Any, where: str, name: str, required: int) -> Any:
+    """The item type of a batch handler's list parameter (None: not annotated)."""
+    if required > 1:
+        msg = (f"{where} is a batch route and requires {required} arguments; a batch handler "
+               f"takes one: the list of events (or payloads, or messages)")
+        raise ConfigurationError(msg)
+    if annotation is None or annotation is Any or annotation in (list, Sequence):
+        return None
+    if typing.get_origin(annotation) in (list, Sequence):
+        (item,) = typing.get_args(annotation)
+        return item
+    shown = getattr(annotation, "__qualname__", None) or repr(annotation)
+    msg = (f"{where} is a batch route, but its parameter {name!r} is annotated {shown}; it "
+           f"receives a list: annotate it list[{shown}]")
+    raise ConfigurationError(msg)
 
 
 def _check_overlap(where: str, event: type[Any], pattern: str) -> None:

@@ -8,6 +8,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from amebus.batching import Batch, check_batch
 from amebus.errors import ConfigurationError
 from amebus.handlers import check_handler, describe, signature
 from amebus.idempotency import Idempotent, check_idempotent
@@ -32,14 +33,17 @@ class Route:
             this route handled is acked, not run again, when it is delivered again
             (:mod:`amebus.idempotency`).
         ack_sync: ack with the server's confirmation (a lost ack fails the delivery).
+        batch: ``Batch(size=100, wait=0.5)``, or a whole number (the size, waiting 0.5s): the
+            handler receives a list of up to ``size`` events and returns None or one outcome
+            per event (:mod:`amebus.batching`, ``docs/batches.md``).
     """
 
-    __slots__ = ("ack_sync", "bound_as", "event", "handler", "idempotent", "is_method", "pattern",
-                 "timeout", "tokens")
+    __slots__ = ("ack_sync", "batch", "bound_as", "event", "handler", "idempotent", "is_method",
+                 "pattern", "timeout", "tokens")
 
     def __init__(self, pattern: str | type[Any], handler: Any = None, *,
                  timeout: float | None = None, idempotent: bool | Idempotent = False,
-                 ack_sync: bool = False) -> None:
+                 ack_sync: bool = False, batch: Batch | int | None = None) -> None:
         self.event: type[Any] | None = None
         if isinstance(pattern, type):
             self.event = pattern
@@ -51,6 +55,11 @@ class Route:
         self.timeout = timeout
         self.idempotent = check_idempotent(idempotent, f"Route({pattern!r})")
         self.ack_sync = bool(ack_sync)
+        self.batch = check_batch(batch, f"Route({pattern!r})")
+        if self.batch is not None and (self.idempotent is not None or self.ack_sync):
+            msg = (f"Route({pattern!r}) batch={batch!r} cannot be idempotent or ack_sync; "
+                   f"drop idempotent=/ack_sync=, or make it a per-message route")
+            raise ConfigurationError(msg)
         self.bound_as: list[str] = []
         """The attribute names this Route was given in class bodies (by ``__set_name__``)."""
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(
@@ -123,7 +132,7 @@ class CompiledRoute:
         self.timeout = route.timeout
         self.takes, self.events, self.with_message = signature(
             route.handler, is_method=self.is_method, event=route.event, pattern=self.pattern,
-            name=name, localns=localns or {})
+            name=name, localns=localns or {}, batch=route.batch is not None)
         self.event = self.events[0] if len(self.events) == 1 else None
 
     def __repr__(self) -> str:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from amebus.batching import check_sizes
 from amebus.errors import ConfigurationError
 from amebus.matcher import Matcher
 from amebus.routes import CompiledRoute, Route
@@ -69,6 +70,7 @@ class ServiceMeta(type):
         cls.routes = tuple(sorted(compiled, key=lambda r: (specificity(r.tokens), r.tokens)))
         cls._matcher = Matcher((r.tokens, r) for r in compiled)
         cls.filter_subjects = _filter_subjects(r.tokens for r in compiled)
+        check_sizes(name, (r.route.batch for r in compiled), getattr(cls, "max_ack_pending", 0))
         return cls
 
     def resolve(cls, subject: str) -> CompiledRoute | None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 import attrs
 
 from amebus._violations import explained, note_shared_inbox, watch_violations
+from amebus.batching import pull_batch
 from amebus.consumer import JetStreamConsumer
 from amebus.deadletter import check_dead_letter_stream
 from amebus.dispatch import Dispatch, dispatch_of
@@ -234,6 +235,8 @@ class Service(metaclass=ServiceMeta):
         batch = max(option["batch"], 2 * settings.concurrency)  # keep every worker fed
         if option["max_ack_pending"] > 0:
             batch = min(batch, option["max_ack_pending"])  # the server delivers no more anyway
+        batch = pull_batch(cls.__name__, (r.route.batch for r in cls.routes), batch,
+                           option["max_ack_pending"])  # batch routes: room for two batches
         puller = Puller(nc, stream, durable, batch=batch, api_prefix=api_prefix,
                         max_bytes=positive_int(cls, "max_bytes_in_flight",
                                                option["max_bytes_in_flight"]))
