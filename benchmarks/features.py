@@ -6,7 +6,8 @@ verification are those of ``benchmarks.consume``: a sealed stream of N orders ov
 routes, one worker process per run, a run counted only if it handled exactly N messages
 split as published, sent N acks and left its durable with nothing pending. Each round runs
 ``off`` and every variant once, the order rotating; the table gives each variant's median
-msgs/s and CPU µs per message against ``off`` in the same run.
+msgs/s and CPU µs per message against ``off`` in the same run, and the median of the
+per-round ratios (steadier on a shared machine, where the rate drifts between rounds).
 
 A variant is one entry of `VARIANTS`: an observer (``telemetry``), keyword arguments for
 each of the four ``Route``s, attributes set on the service class, and a ``reset`` run by the
@@ -186,11 +187,19 @@ def _medians(runs: list[dict[str, Any]], name: str) -> tuple[float, float, int, 
             statistics.median(r["cpu_us_per_msg"] for r in valid), len(valid), len(mine))
 
 
+def _paired(runs: list[dict[str, Any]], name: str) -> str:
+    """The median over rounds of the variant's rate / off's rate in the same round."""
+    rates = {(r["variant"], r["round"]): r["rate"] for r in runs if r.get("valid")}
+    ratios = [rate / rates["off", round_] for (variant, round_), rate in rates.items()
+              if variant == name and ("off", round_) in rates]
+    return f"{statistics.median(ratios):.2f}x" if ratios else "-"
+
+
 def table(runs: list[dict[str, Any]], names: list[str]) -> str:
     """The result table: per variant, median msgs/s and CPU µs/msg, and each against off."""
     off = _medians(runs, "off")
     header = (f"{'variant':<12} {'valid':>5} {'median/s':>9} {'CPU µs/msg':>10} "
-              f"{'on/off msgs/s':>13} {'on/off CPU':>10}")
+              f"{'on/off msgs/s':>13} {'paired':>7} {'on/off CPU':>10}")
     rows = [header, "-" * len(header)]
     for name in names:
         unavailable = [r for r in runs if r["variant"] == name and r["status"] == "unavailable"]
@@ -204,9 +213,12 @@ def table(runs: list[dict[str, Any]], names: list[str]) -> str:
         rate, cpu, valid, ran = found
         ratio = f"{rate / off[0]:.2f}x" if off and name != "off" else "-"
         cpu_ratio = f"{cpu / off[1]:.2f}x" if off and name != "off" else "-"
+        paired = _paired(runs, name) if name != "off" else "-"
         rows.append(f"{name:<12} {valid:>2}/{ran:<2} {rate:>9,.0f} {cpu:>10.1f} {ratio:>13} "
-                    f"{cpu_ratio:>10}")
+                    f"{paired:>7} {cpu_ratio:>10}")
     rows.append("")
+    rows.append("on/off: the ratio of the medians; paired: the median over rounds of the "
+                "ratio to off in the same round")
     rows += [f"{name}: {_variant(name).about}" for name in names]
     return "\n".join(rows)
 
@@ -217,7 +229,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2,000 messages, 1 round")
     parser.add_argument("--rounds", type=int, help="rounds over all variants (default 3)")
-    parser.add_argument("--messages", type=int, help="orders in the stream (default 20,000)")
+    parser.add_argument("--messages", type=int, help="orders in the stream (default 10,000)")
     parser.add_argument("--only", help=f"comma-separated variants besides off: "
                                        f"{', '.join(VARIANTS)}")
     parser.add_argument("--concurrency", type=int, default=1,
@@ -228,7 +240,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--durable", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.messages = args.messages or (2_000 if args.quick else 20_000)
+    args.messages = args.messages or (2_000 if args.quick else 10_000)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.timeout = args.timeout or 30 + args.messages / 500
     return args
