@@ -300,8 +300,9 @@ class TestDecodeErrors:
 
 class TestEncodeErrors:
     def test_nan_is_refused(self) -> None:
-        with pytest.raises(ValueError, match=r"cannot encode Measured\(value=nan\) as JSON: Out "
-                                             r"of range float values are not JSON compliant"):
+        with pytest.raises(ValueError, match=r"^cannot encode Measured: nan \(float\) @ \$\.value "
+                                             r"is not JSON, which has no NaN or Infinity; give a "
+                                             r"finite number"):
             default_codec.encode(Measured(float("nan")))
 
     def test_a_value_json_cannot_hold(self) -> None:
