@@ -65,7 +65,7 @@ def build_service(work: Workload, target: Target, *,
             counted("invoice")
 
     if attributes:
-        return type("Orders", (Orders,), dict(attributes))()
+        return type("Orders", (Orders,), {"__module__": __name__, **attributes})()
     return Orders()
 
 
