@@ -26,6 +26,7 @@ from amebus.provision import (
     refuse_foreign,
 )
 from amebus.routing import durable_name
+from amebus.slowfilter import warn_slow_filter
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
@@ -90,6 +91,7 @@ async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping
         return await bind_as_is(js, cls, options, stream, durable)
     stream_config = await _ensure_stream(js, cls, stream, options.get("stream_subjects"))
     filters = server_filters(cls, options["server_filter"], stream_config)
+    await warn_slow_filter(*connection_of(js), cls, options["server_filter"], stream, filters)
     wanted = consumer_config(cls, options, durable, filters)
     routes = list(cls.filter_subjects)
     wanted.metadata = {**(wanted.metadata or {}), **routes_metadata(routes)}

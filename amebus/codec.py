@@ -20,6 +20,7 @@ from cattrs.errors import BaseValidationError
 from cattrs.preconf.json import make_converter as _make_json_converter
 from cattrs.v import format_exception, transform_error
 
+from amebus._encoding import UNSTRUCTURE_ERRORS, unencodable
 from amebus._fastdecode import fast_decoder
 from amebus.errors import ConfigurationError, DecodeError
 
@@ -177,13 +178,6 @@ def _converter_for(cls: type[Any], fallback: BaseConverter) -> BaseConverter:
     return own if isinstance(own, BaseConverter) else fallback
 
 
-def _unencodable(event: object, err: Exception) -> TypeError | ValueError:
-    msg = (f"cannot encode {event!r} as JSON: {err}; give every field a JSON type (str, int, "
-           f"float, bool, None, list, dict, attrs class, enum, datetime, bytes) or register "
-           f"an unstructure hook on the converter")
-    return TypeError(msg) if isinstance(err, TypeError) else ValueError(msg)
-
-
 def _require_attrs(cls: object, where: str) -> None:
     if not (isinstance(cls, type) and attrs.has(cls)):
         msg = (f"{where} takes an attrs class such as an Event subclass, got {cls!r}; "
@@ -253,13 +247,13 @@ class Codec:
                 obj = unstructure(event)
                 if not checked:
                     return _dumps(obj)
-            except (TypeError, ValueError) as err:
-                raise _unencodable(event, err) from err
+            except UNSTRUCTURE_ERRORS as err:  # a hook given the wrong type: AttributeError...
+                raise unencodable(converter, event, err) from err
             check(obj)  # outside the try: its TypeError already names the field
             try:
                 return _dumps(obj)
             except (TypeError, ValueError) as err:
-                raise _unencodable(event, err) from err
+                raise unencodable(converter, event, err) from err
 
         return encode
 

@@ -6,6 +6,7 @@
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -19,8 +20,15 @@ from benchmarks._baselines import Target, Unavailable, Workload
 __all__ = ["amebus_serve", "build_service", "observer_for"]
 
 
-def build_service(work: Workload, target: Target) -> Any:
-    """An amebus Service on ``target.stream``/``target.durable`` whose handlers count routes."""
+def build_service(work: Workload, target: Target, *,
+                  route_options: Mapping[str, Any] | None = None,
+                  attributes: Mapping[str, Any] | None = None) -> Any:
+    """An amebus Service on ``target.stream``/``target.durable`` whose handlers count routes.
+
+    ``route_options`` are given to each of the four ``Route``s, ``attributes`` set on a
+    subclass of the service (the feature rows of ``benchmarks.features``).
+    """
+    route_options = route_options or {}
 
     @attrs.frozen
     class Order(amebus.Event):
@@ -40,22 +48,24 @@ def build_service(work: Workload, target: Target) -> Any:
         stream = target.stream
         durable = target.durable
 
-        @amebus.Route("orders.created.*")
+        @amebus.Route("orders.created.*", **route_options)
         async def created(self, order: Order) -> None:
             counted("created")
 
-        @amebus.Route("orders.paid.*")
+        @amebus.Route("orders.paid.*", **route_options)
         async def paid(self, order: Order) -> None:
             counted("paid")
 
-        @amebus.Route("orders.cancelled.*")
+        @amebus.Route("orders.cancelled.*", **route_options)
         async def cancelled(self, order: Order) -> None:
             counted("cancelled")
 
-        @amebus.Route("orders.invoice")
+        @amebus.Route("orders.invoice", **route_options)
         async def invoice(self, order: Order) -> None:
             counted("invoice")
 
+    if attributes:
+        return type("Orders", (Orders,), {"__module__": __name__, **attributes})()
     return Orders()
 
 
@@ -93,9 +103,10 @@ def observer_for(telemetry: str) -> Any:
 
 
 async def amebus_serve(work: Workload, target: Target, concurrency: int = 1,
-                       telemetry: str = "") -> None:
+                       telemetry: str = "", *, route_options: Mapping[str, Any] | None = None,
+                       attributes: Mapping[str, Any] | None = None) -> None:
     """Serve the bench Service until every message is handled, then cancel it."""
-    service = build_service(work, target)
+    service = build_service(work, target, route_options=route_options, attributes=attributes)
     observer = observer_for(telemetry)
     nc = await nats.connect(target.url, name="amebus-bench", allow_reconnect=False)
     ready = asyncio.Event()

