@@ -16,8 +16,8 @@ The guard (nats-py has no public call for this):
   was read and whose tests ran), and only when the client is a plain ``nats.aio.client.Client``
   (``publish`` not overridden) whose private attributes have the expected types;
 - per reply, only while the client is ``CONNECTED`` (not connecting, reconnecting, draining or
-  closed), its flusher task runs, the reply is one printable token and the command fits the
-  pending-buffer limit and ``max_payload``.
+  closed), its flusher task runs, the reply has no space, tab, CR or LF (what nats-py 2.16
+  refuses in a subject) and the command fits the pending-buffer limit and ``max_payload``.
 
 Where the guard fails, :meth:`Replies.write` returns False and the caller awaits
 ``nc.publish`` as before: a reply sent while reconnecting is buffered or refused exactly as
@@ -85,11 +85,10 @@ class Replies:
         if self.refused is not None:
             log.debug("settlement replies go through nc.publish: %s", self.refused)
         self.fast = self.refused is None
-        self.turn = 0
-        """Loop turns ended since this was made (counted by :meth:`mark`'s callback)."""
         self._scheduled = False
         self._kick: Callable[[], None] = self._turn_ended
         self._done: asyncio.Future[None] | None = None
+        self._msgs = self._bytes = 0  # written since the last turn ended (for nc.stats)
 
     def write(self, reply: str, payload: bytes) -> bool:
         """Append ``PUB reply len`` + ``payload`` to the client's buffer (flushed this loop
@@ -98,11 +97,13 @@ class Replies:
         if not self.fast:
             return False
         nc: Any = self.nc
-        if nc._status != 1 or " " in reply or not reply.isprintable() or not reply:
-            return False  # not CONNECTED (reconnecting, draining, closed), or a strange reply
+        if nc._status != 1:
+            return False  # not CONNECTED: reconnecting, draining or closed
+        if not reply or " " in reply or "\t" in reply or "\r" in reply or "\n" in reply:
+            return False  # what nats-py 2.16 refuses in a subject (a protocol injection)
         flusher = nc._flusher_task
-        if flusher is None or flusher.done() or nc._flush_queue is None:
-            return False
+        if flusher is None or flusher.done():
+            return False  # nats-py flushes inline then
         tail = _TAILS.get(payload)
         if tail is None:
             if len(payload) > nc._max_payload:
@@ -114,20 +115,11 @@ class Replies:
             return False  # nc.publish flushes by force first
         nc._pending.append(command)
         nc._pending_data_size = size
-        stats = nc.stats
-        stats["out_msgs"] += 1
-        stats["out_bytes"] += len(payload)
+        self._msgs += 1
+        self._bytes += len(payload)
         if not self._scheduled:
             self._schedule()
         return True
-
-    def mark(self) -> int:
-        """The current :attr:`turn`, with a callback queued that ends it: if the caller's task
-        is suspended after this, :attr:`turn` has moved on by the time it resumes (the
-        callback was queued first)."""
-        if not self._scheduled:
-            self._schedule()
-        return self.turn
 
     def _schedule(self) -> None:
         self._scheduled = True
@@ -135,10 +127,12 @@ class Replies:
 
     def _turn_ended(self) -> None:
         self._scheduled = False
-        self.turn += 1
-        if not self.fast:
-            return
         nc: Any = self.nc
+        if self._msgs:  # nats-py counts what publish sends; so do these, once per turn
+            stats = nc.stats
+            stats["out_msgs"] += self._msgs
+            stats["out_bytes"] += self._bytes
+            self._msgs = self._bytes = 0
         queue = nc._flush_queue
         if not nc._pending_data_size or queue is None or not queue.empty():
             return  # nothing left, or the flusher is already kicked (it takes it all)
