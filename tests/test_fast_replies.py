@@ -14,13 +14,13 @@ from typing import Any
 import nats
 import nats.aio.client
 import pytest
-from _support import Space, eventually
+from _support import Space, eventually, serving, settled
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 
-from amebus import Decision
+from amebus import Decision, Route, Service, Term
 from amebus._natsack import TESTED, Replies
 from amebus.server import NatsServer
 from amebus.settlement import Settings
@@ -179,6 +179,58 @@ class TestFastPath:
         (again,) = await sub.fetch(1, timeout=5 + ack_wait)
         assert again.metadata.sequence.stream == second.metadata.sequence.stream
         await again.ack()
+
+
+class TestServing:
+    async def test_a_ledger_through_serve_settles_every_message_once(
+            self, nc: Client, js: JetStreamContext, space: Space,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        """serve() with the fast path: acks, naks (a first failure) and terms (a Term) for
+        300 messages at concurrency 8; every id is handled once successfully or termed."""
+        written: list[bool] = []
+        write = Replies.write
+
+        def counted(self: Replies, reply: str, payload: bytes) -> bool:
+            written.append(done := write(self, reply, payload))
+            return done
+
+        monkeypatch.setattr(Replies, "write", counted)
+        ids = [str(i) for i in range(300)]
+        handled: list[str] = []
+        termed: list[str] = []
+        seen: list[dict[str, Any]] = []
+
+        async def advisory(msg: Msg) -> None:
+            seen.append(json.loads(msg.data))
+
+        sub = await nc.subscribe(
+            f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{space.stream}.{space.durable}",
+            cb=advisory)
+
+        async def handle(msg: Msg) -> None:
+            key = msg.subject.rsplit(".", 1)[1]
+            if int(key) % 9 == 0:
+                termed.append(key)
+                raise Term(f"order {key} refused")
+            if int(key) % 5 == 0 and msg.metadata.num_delivered == 1:
+                raise RuntimeError(f"order {key}: first try fails")
+            await asyncio.sleep(0)
+            handled.append(key)
+
+        class Ledger(Service):
+            everything = Route(space.subject(">"), handle)
+
+        async with serving(Ledger(), js, **space.options(concurrency=8, ack_wait=5.0)):
+            for key in ids:
+                await js.publish(space.subject("in", key), b"{}")
+            await settled(js, space, len(ids), timeout=20)
+        await eventually(lambda: len(seen) == len(termed), what="every term advised")
+        await sub.unsubscribe()
+        assert sorted(handled + termed, key=int) == ids  # each once: none lost, none twice
+        assert sorted(termed, key=int) == [k for k in ids if int(k) % 9 == 0]
+        failed_once = [k for k in ids if int(k) % 5 == 0 and int(k) % 9 != 0]
+        assert written.count(True) == len(ids) + len(failed_once)  # acks + naks + terms
+        assert False not in written
 
 
 class TestGuard:
