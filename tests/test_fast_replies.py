@@ -269,6 +269,40 @@ class TestGuard:
             assert not replies.write(reply, b"+ACK")
         assert nc.pending_data_size == before
 
+    async def test_a_full_pending_buffer_uses_publish(
+            self, nats_url: str, space: Space) -> None:
+        """Past the client's ``pending_size`` nats-py flushes by force first: publish does."""
+        nc = await nats.connect(nats_url, pending_size=64)  # an ack line is longer
+        try:
+            js = nc.jetstream()
+            _, (msg,) = await _messages(js, space, 1)
+            settler = _settler(nc)
+            assert settler.replies.fast
+            counted = Counted(nc)
+            await settler.settle(msg, Decision.ack())
+            assert [p for _, p in counted.calls] == [b"+ACK"]
+
+            async def acked() -> bool:
+                return bool((await _info(js, space)).ack_floor.stream_seq == 1)
+
+            await eventually(acked, what="acked through publish")
+        finally:
+            await nc.close()
+
+    async def test_a_closed_client_refuses_as_publish_does(
+            self, nats_url: str, space: Space, js: JetStreamContext,
+            caplog: pytest.LogCaptureFixture) -> None:
+        """Closed: the reply goes to ``nc.publish``, which refuses; settle logs it (the server
+        redelivers after ack_wait), as before."""
+        nc = await nats.connect(nats_url)
+        _, (msg,) = await _messages(nc.jetstream(), space, 1)
+        settler = _settler(nc)
+        await nc.close()
+        with caplog.at_level("WARNING", logger="amebus.consumer"):
+            await settler.settle(msg, Decision.ack())
+        assert "could not settle" in caplog.text and "ConnectionClosedError" in caplog.text
+        assert (await _info(js, space)).num_ack_pending == 1
+
     async def test_a_reply_settled_while_reconnecting_goes_out_once_reconnected(
             self, nats_server_fresh: NatsServer, unique_name: Callable[..., str]) -> None:
         server = nats_server_fresh
