@@ -217,7 +217,8 @@ class Settler:
             handler.stats.count(decision)
         data = encode(decision)
         try:
-            if not self.replies.write(msg.reply, data):
+            # Stopping: give-backs go the old way, kicking the flusher now (one turn sooner).
+            if self.stopping or not self.replies.write(msg.reply, data):
                 await self.nc.publish(msg.reply, data)
         except Exception as exc:  # the server redelivers after ack_wait: nothing is lost
             log.warning("could not settle %r (%s): %r", msg.subject, decision.action, exc)
