@@ -269,6 +269,19 @@ class TestGuard:
             assert not replies.write(reply, b"+ACK")
         assert nc.pending_data_size == before
 
+    async def test_once_stopping_settlements_use_publish(
+            self, nc: Client, js: JetStreamContext, space: Space) -> None:
+        """Give-backs at shutdown kick nats-py's flusher at once, as before."""
+        sub, (msg,) = await _messages(js, space, 1)
+        settler = _settler(nc)
+        counted = Counted(nc)
+        settler.stopping = True
+        await settler.settle(msg, Decision.nak(0.0))
+        assert [p for _, p in counted.calls] == [b"-NAK"]
+        (again,) = await sub.fetch(1, timeout=5)
+        assert again.metadata.num_delivered == 2
+        await again.ack()
+
     async def test_a_full_pending_buffer_uses_publish(
             self, nats_url: str, space: Space) -> None:
         """Past the client's ``pending_size`` nats-py flushes by force first: publish does."""
