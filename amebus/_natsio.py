@@ -1,4 +1,5 @@
-"""Every use of nats-py internals, in one place, each guarded and with a fallback.
+"""Every use of nats-py internals, in one place, each guarded and with a fallback (but the
+settlement replies written into the outgoing buffer: :mod:`amebus._natsack`).
 
 Written against and tested on nats-py 2.16.0; the source of 2.9.0 has the same parser class
 and the same private methods (read, not run: amebus itself does not serve on 2.9.0). Where the
