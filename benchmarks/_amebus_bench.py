@@ -28,7 +28,7 @@ def build_service(work: Workload, target: Target, *,
     ``route_options`` are given to each of the four ``Route``s, ``attributes`` set on a
     subclass of the service (the feature rows of ``benchmarks.features``).
     """
-    route_options = route_options or {}
+    options: Mapping[str, Any] = route_options or {}
 
     @attrs.frozen
     class Order(amebus.Event):
@@ -48,19 +48,19 @@ def build_service(work: Workload, target: Target, *,
         stream = target.stream
         durable = target.durable
 
-        @amebus.Route("orders.created.*", **route_options)
+        @amebus.Route("orders.created.*", **options)
         async def created(self, order: Order) -> None:
             counted("created")
 
-        @amebus.Route("orders.paid.*", **route_options)
+        @amebus.Route("orders.paid.*", **options)
         async def paid(self, order: Order) -> None:
             counted("paid")
 
-        @amebus.Route("orders.cancelled.*", **route_options)
+        @amebus.Route("orders.cancelled.*", **options)
         async def cancelled(self, order: Order) -> None:
             counted("cancelled")
 
-        @amebus.Route("orders.invoice", **route_options)
+        @amebus.Route("orders.invoice", **options)
         async def invoice(self, order: Order) -> None:
             counted("invoice")
 

@@ -96,7 +96,8 @@ async def _run(js: JetStreamContext, make: Callable[[list[int]], Service], n: in
 
 
 async def _bench(n: int, rounds: int) -> dict[str, dict[str, list[float]]]:
-    rates = {w: {a: [] for a in APPROACHES} for w in WORKLOADS}
+    rates: dict[str, dict[str, list[float]]] = {w: {a: [] for a in APPROACHES}
+                                                for w in WORKLOADS}
     async with NatsServer(name="amebus-bench-batches") as server:
         nc = await nats.connect(server.url, allow_reconnect=False)
         js = nc.jetstream()
