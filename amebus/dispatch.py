@@ -75,7 +75,7 @@ class Bound:
     for an async handler its own coroutine, with no wrapper on the per-message path.
     """
 
-    __slots__ = ("name", "route", "run", "stats", "timeout")
+    __slots__ = ("arg", "name", "route", "run", "stats", "timeout")
 
     def __init__(self, route: CompiledRoute, service: Any, codec: Codec,
                  mounted: dict[type[Any], Any]) -> None:
@@ -95,7 +95,7 @@ class Bound:
             call = handler
         is_async = inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(
             type(call).__call__)
-        arg = _argument(route, codec)
+        arg = self.arg = _argument(route, codec)  # what the handler's first parameter gets
         run: Callable[[Msg], Any]
         if route.with_message:
             run = lambda msg: call(arg(msg), msg)  # noqa: E731

@@ -11,6 +11,7 @@ from typing import Any
 from amebus.errors import ConfigurationError
 from amebus.handlers import check_handler, describe, signature
 from amebus.idempotency import Idempotent, check_idempotent
+from amebus.ordering import Key, check_key
 from amebus.subjects import validate_pattern
 
 __all__ = ["CompiledRoute", "Route"]
@@ -32,14 +33,17 @@ class Route:
             this route handled is acked, not run again, when it is delivered again
             (:mod:`amebus.idempotency`).
         ack_sync: ack with the server's confirmation (a lost ack fails the delivery).
+        key: run messages with the same key one at a time, in stream order: a subject token
+            position (``key=2`` for the id in ``orders.*.<id>``), an event attribute name or
+            a function of the event (docs/ordering.md); None: the service's ``key``.
     """
 
-    __slots__ = ("ack_sync", "bound_as", "event", "handler", "idempotent", "is_method", "pattern",
-                 "timeout", "tokens")
+    __slots__ = ("ack_sync", "bound_as", "event", "handler", "idempotent", "is_method", "key",
+                 "pattern", "timeout", "tokens")
 
     def __init__(self, pattern: str | type[Any], handler: Any = None, *,
                  timeout: float | None = None, idempotent: bool | Idempotent = False,
-                 ack_sync: bool = False) -> None:
+                 ack_sync: bool = False, key: Key | None = None) -> None:
         self.event: type[Any] | None = None
         if isinstance(pattern, type):
             self.event = pattern
@@ -51,6 +55,8 @@ class Route:
         self.timeout = timeout
         self.idempotent = check_idempotent(idempotent, f"Route({pattern!r})")
         self.ack_sync = bool(ack_sync)
+        check_key(key, f"Route({pattern!r})")
+        self.key = key
         self.bound_as: list[str] = []
         """The attribute names this Route was given in class bodies (by ``__set_name__``)."""
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(

@@ -13,6 +13,7 @@ from typing import Any
 
 from amebus.errors import ConfigurationError
 from amebus.matcher import Matcher
+from amebus.ordering import check_keys
 from amebus.routes import CompiledRoute, Route
 from amebus.subjects import join, specificity, validate_pattern
 
@@ -69,6 +70,7 @@ class ServiceMeta(type):
         cls.routes = tuple(sorted(compiled, key=lambda r: (specificity(r.tokens), r.tokens)))
         cls._matcher = Matcher((r.tokens, r) for r in compiled)
         cls.filter_subjects = _filter_subjects(r.tokens for r in compiled)
+        check_keys(name, compiled, getattr(cls, "key", None))  # amebus.ordering
         return cls
 
     def resolve(cls, subject: str) -> CompiledRoute | None:

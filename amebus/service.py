@@ -21,6 +21,7 @@ from amebus.consumer import JetStreamConsumer
 from amebus.deadletter import check_dead_letter_stream
 from amebus.dispatch import Dispatch, dispatch_of
 from amebus.errors import ConfigurationError
+from amebus.ordering import Key, KeyOrder
 from amebus.permissions import permissions
 from amebus.pull import Puller
 from amebus.routing import ServiceMeta
@@ -106,6 +107,10 @@ class Service(metaclass=ServiceMeta):
             is missing, update what amebus created), ``"adopt"`` (also rewrite a consumer
             made by others), ``"verify"`` (change nothing, refuse any difference) or
             ``"bind"`` (change nothing, serve as the server has it). See docs/operations.md.
+        key: order per key for every route without its own ``Route(key=)``: messages with
+            the same key run one at a time in stream order, others concurrently up to
+            ``concurrency``; a subject token position, an event attribute name or a function
+            of the event (None: no order with ``concurrency > 1``). See docs/ordering.md.
     """
 
     stream: ClassVar[str | None] = None
@@ -130,6 +135,7 @@ class Service(metaclass=ServiceMeta):
     observer: ClassVar[Observer | None] = None
     deliver_policy: ClassVar[str | int | datetime.datetime] = "all"
     provision: ClassVar[str] = "update"
+    key: ClassVar[Key | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -218,6 +224,8 @@ class Service(metaclass=ServiceMeta):
         if not cls.routes:
             msg = f"{cls.__name__} declares no routes; add Route attributes before serving"
             raise ConfigurationError(msg)
+        order = KeyOrder.of(cls.__name__, self._amebus_dispatch().handlers.values(),
+                            option["key"])  # None: no route has a key
         nc, api_prefix = connection_of(js)
         check_server(nc)
         violations: list[str] = []
@@ -252,7 +260,9 @@ class Service(metaclass=ServiceMeta):
             observer=(observer if observer is None or isinstance(observer, Observers)
                       else Observers(observer)),
             on_settled=puller.release,  # settled messages leave the byte budget
-            on_tick=Ticker(puller, settings).tick, parked=puller.parked)
+            on_tick=Ticker(puller, settings).tick, parked=puller.parked, order=order)
+        if order is not None:  # a released parked message goes to the front of the buffer
+            order.put_back, order.stalled = puller.put_back, lambda: puller.stalled
         await puller.start()
         state.engine, state.lifecycle = (consumer, puller), Lifecycle.SERVING
         background: list[asyncio.Task[Any]] = []
