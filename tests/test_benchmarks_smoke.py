@@ -52,3 +52,12 @@ def test_other_benchmarks_run(module: str, expected: str) -> None:
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     assert expected in done.stdout
+
+
+def test_ordering_benchmark_runs_and_keeps_order() -> None:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.ordering", "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["4", "16"], done.stdout
+    assert all(row[-1] == "True" for row in rows), done.stdout  # per key, in stream order

@@ -361,3 +361,27 @@ class TestParked:
         assert peaks["ack_pending"] > 2  # the sampler saw messages held
         assert peaks["window"] <= 8
         assert peaks["ack_pending"] <= 8 + 2  # the window, plus the handlers running
+
+    async def test_a_full_window_releases_a_held_key(self, js: JetStreamContext,
+                                                     space: Space) -> None:
+        """Rule: a held key is released at once when the window is full of parked messages
+        (the nak'ed one cannot come back then), not after its delay plus ack_wait."""
+        ledger = Ledger()
+        items = [("hot", i) for i in range(12)]
+
+        async def handle(msg: Msg) -> None:
+            body = json.loads(msg.data)
+            if body["id"] == 0 and ledger.starts[0] == 0:
+                ledger.starts[0] += 1
+                raise Nak(2.0)  # held: 2 s + ack_wait 30 s, unless the window frees it
+            await ledger.run(body["key"], body["id"], msg, 0.0, fail=False)
+
+        service = _service({"work": Route(f"{space.prefix}.*.*", handle, key=1)},
+                           stream=space.stream)()
+        async with serving(service, js, **space.options(concurrency=2, batch=4,
+                                                        ack_wait=30.0)):
+            await _publish(js, space, items)
+            await eventually(lambda: len({i for _, i in ledger.successes}) == 12, timeout=15,
+                             what="every message handled (well before 32 s)")
+        assert not ledger.overlaps
+        assert ledger.first_successes("hot")[:3] == [1, 2, 3]  # released out of order
