@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from amebus.consumer import JetStreamConsumer
     from amebus.dispatch import Bound
+    from amebus.pull import Puller
     from amebus.routes import CompiledRoute
     from amebus.watchdog import Slot
 
@@ -176,6 +177,12 @@ class KeyOrder:
             if key_of is not None:
                 keys[bound.name] = _bind(key_of, bound.arg)
         return cls(keys) if keys else None
+
+    def pulling(self, puller: Puller) -> KeyOrder:
+        """Released messages go to the front of ``puller``'s buffer; held keys are released
+        when it stalls (returns self)."""
+        self.put_back, self.stalled = puller.put_back, lambda: puller.stalled
+        return self
 
     def taking(self, take: Callable[[], Awaitable[Msg | None]], consumer: JetStreamConsumer
                ) -> Callable[[], Awaitable[Msg | None]]:

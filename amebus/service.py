@@ -107,10 +107,9 @@ class Service(metaclass=ServiceMeta):
             is missing, update what amebus created), ``"adopt"`` (also rewrite a consumer
             made by others), ``"verify"`` (change nothing, refuse any difference) or
             ``"bind"`` (change nothing, serve as the server has it). See docs/operations.md.
-        key: order per key for every route without its own ``Route(key=)``: messages with
-            the same key run one at a time in stream order, others concurrently up to
-            ``concurrency``; a subject token position, an event attribute name or a function
-            of the event (None: no order with ``concurrency > 1``). See docs/ordering.md.
+        key: for every route without its own ``Route(key=)``: messages with the same key run
+            one at a time in stream order, others concurrently (a subject token position, an
+            event attribute or a function of the event; None: no order). docs/ordering.md.
     """
 
     stream: ClassVar[str | None] = None
@@ -260,9 +259,8 @@ class Service(metaclass=ServiceMeta):
             observer=(observer if observer is None or isinstance(observer, Observers)
                       else Observers(observer)),
             on_settled=puller.release,  # settled messages leave the byte budget
-            on_tick=Ticker(puller, settings).tick, parked=puller.parked, order=order)
-        if order is not None:  # a released parked message goes to the front of the buffer
-            order.put_back, order.stalled = puller.put_back, lambda: puller.stalled
+            on_tick=Ticker(puller, settings).tick, parked=puller.parked,
+            order=None if order is None else order.pulling(puller))
         await puller.start()
         state.engine, state.lifecycle = (consumer, puller), Lifecycle.SERVING
         background: list[asyncio.Task[Any]] = []

@@ -57,7 +57,8 @@ class Ledger:
         self.overlaps: list[str] = []  # keys seen running twice at once (must stay empty)
         self.deliveries: dict[int, int] = {}
 
-    async def run(self, key: str, ident: int, msg: Msg, seconds: float, fail: bool) -> None:
+    async def run(self, key: str, ident: int, msg: Msg, seconds: float, fail: bool,
+                  raises: bool = False) -> None:
         self.starts[ident] += 1
         self.deliveries[ident] = msg.metadata.num_delivered
         if self.running[key]:
@@ -67,6 +68,8 @@ class Ledger:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             await asyncio.sleep(seconds)
+            if fail and raises:
+                raise RuntimeError("a handler failure: nak'ed with the backoff")
             if fail:
                 raise Nak(0.05)
             self.successes.append((key, ident))
@@ -100,11 +103,13 @@ class Settles(BaseObserver):
 
 def _keyed_service(space: Space, ledger: Ledger, plan: dict[int, tuple[float, int]],
                    **attributes: Any) -> Service:
+    """Handlers of ``prefix.<key>.<id>``: ``plan[id]`` is (seconds, failures before the
+    success); odd ids fail by raising, even ones by ``Nak``."""
     async def handle(msg: Msg) -> None:
         body = json.loads(msg.data)
         seconds, naks = plan.get(body["id"], (0.0, 0))
         await ledger.run(body["key"], body["id"], msg, seconds,
-                         fail=ledger.starts[body["id"]] < naks)
+                         fail=ledger.starts[body["id"]] < naks, raises=body["id"] % 2 == 1)
 
     return _service({"work": Route(f"{space.prefix}.*.*", handle, key=1)},
                     stream=space.stream, **attributes)()
@@ -184,13 +189,14 @@ class TestDeclaration:
 
 
 @st.composite
-def workloads(draw: st.DrawFn) -> list[tuple[str, float, int]]:
-    """Messages in stream order: (key, handler seconds, naks before it succeeds)."""
+def workloads(draw: st.DrawFn) -> tuple[int, list[tuple[str, float, int]]]:
+    """A concurrency, and messages in stream order: (key, handler seconds, failures before
+    it succeeds)."""
     keys = draw(st.integers(1, 4))
-    return draw(st.lists(st.tuples(st.integers(0, keys - 1).map(lambda k: f"k{k}"),
-                                   st.sampled_from([0.0, 0.001, 0.004, 0.01]),
-                                   st.sampled_from([0, 0, 0, 1, 2])),
-                         min_size=1, max_size=24))
+    message = st.tuples(st.integers(0, keys - 1).map(lambda k: f"k{k}"),
+                        st.sampled_from([0.0, 0.001, 0.004, 0.01]),
+                        st.sampled_from([0, 0, 0, 1, 2]))
+    return draw(st.integers(2, 6)), draw(st.lists(message, min_size=1, max_size=24))
 
 
 class TestOrderPerKey:
@@ -199,11 +205,12 @@ class TestOrderPerKey:
 
     @settings(max_examples=10, deadline=None)
     @given(workload=workloads())
-    def test_property(self, nats_server: NatsServer, workload: list[tuple[str, float, int]]
-                      ) -> None:
-        asyncio.run(self._scenario(nats_server.url, workload))
+    def test_property(self, nats_server: NatsServer,
+                      workload: tuple[int, list[tuple[str, float, int]]]) -> None:
+        asyncio.run(self._scenario(nats_server.url, *workload))
 
-    async def _scenario(self, url: str, workload: list[tuple[str, float, int]]) -> None:
+    async def _scenario(self, url: str, concurrency: int,
+                        workload: list[tuple[str, float, int]]) -> None:
         nc = await nats.connect(url)
         js = nc.jetstream()
         name = f"P{os.urandom(5).hex()}"
@@ -213,7 +220,8 @@ class TestOrderPerKey:
             plan = {i: (seconds, naks) for i, (_, seconds, naks) in enumerate(workload)}
             service = _keyed_service(space, ledger, plan)
             items = [(key, i) for i, (key, _, _) in enumerate(workload)]
-            async with serving(service, js, **space.options(concurrency=4, max_deliver=5)):
+            async with serving(service, js, **space.options(concurrency=concurrency,
+                                                            max_deliver=5)):
                 last = await _publish(js, space, items)
                 await eventually(lambda: {i for _, i in ledger.successes} == set(plan),
                                  timeout=20, what="every message handled")
