@@ -193,7 +193,7 @@ class JetStreamConsumer(Settler):
 
     async def give_back_parked(self) -> None:
         """Give back every parked message (serving stops): nak'ed for redelivery, uncounted,
-        in the order they were parked (the server redelivers them in that order)."""
+        in the order they were parked."""
         while self.parked:
             await self.give_back(self.parked.pop(next(iter(self.parked))))
 

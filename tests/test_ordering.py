@@ -284,6 +284,27 @@ class TestOrderPerKey:
                 got = [n for c, n in seen[route] if c == customer]
                 assert got == sorted(got) and len(got) == 4, (route, customer)
 
+    async def test_a_termed_message_frees_its_key(self, js: JetStreamContext,
+                                                  space: Space) -> None:
+        """Rule: a termed message is settled: the key's next message runs, no hold."""
+        ledger = Ledger()
+        termed: list[int] = []
+
+        async def handle(msg: Msg) -> None:
+            body = json.loads(msg.data)
+            if body["id"] == 0:
+                termed.append(0)
+                raise amebus.Term("not this one")
+            await ledger.run(body["key"], body["id"], msg, 0.01, fail=False)
+
+        service = _service({"work": Route(f"{space.prefix}.*.*", handle, key=1)},
+                           stream=space.stream)()
+        async with serving(service, js, **space.options(concurrency=3, ack_wait=30.0)):
+            last = await _publish(js, space, [("k", 0), ("k", 1), ("k", 2)])
+            await settled(js, space, last, timeout=10)  # well before a 30 s hold would end
+        assert termed == [0]
+        assert ledger.first_successes("k") == [1, 2]
+
     async def test_serve_key_override(self, js: JetStreamContext, space: Space) -> None:
         ledger = Ledger()
 
