@@ -27,8 +27,8 @@ from amebus.errors import (
     NoRouteError,
     Term,
 )
-from amebus.handlers import Handler, Processor, Resolver, events_of
-from amebus.settlement import Limits, RouteStats, Settings, decide, deliveries_of, reply_meta
+from amebus.handlers import Handler, Processor, ProcessorHandler, Resolver, events_of
+from amebus.settlement import Limits, Settings, decide, deliveries_of, reply_meta
 from amebus.settler import ACK, FIRST, Run, Settler
 from amebus.tracing import Decision, ErrorTracer, Stage
 from amebus.watchdog import Slot, watch
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
     from amebus.attempts import Attempts
+    from amebus.ordering import KeyOrder
     from amebus.telemetry.observer import Observer
 
 __all__ = ["JetStreamConsumer", "Slot", "Tick"]
@@ -47,14 +48,6 @@ Tick = Callable[["JetStreamConsumer", float], Awaitable[None]]
 
 
 _NEVER = float("inf")
-
-
-class _ProcessorHandler:
-    def __init__(self, processor: Processor) -> None:
-        self.name = type(processor).__name__
-        self.stats = RouteStats()
-        self.timeout: float | None = None  # the settings' timeout
-        self.run: Callable[[Msg], Awaitable[Any]] = processor.process
 
 
 class JetStreamConsumer(Settler):
@@ -78,6 +71,7 @@ class JetStreamConsumer(Settler):
         on_tick: called by the watchdog at every tick (the pull engine's flow control).
         parked: where messages taken but held back unstarted are kept (the pull engine's
             ``parked``, so they count against its window); see :meth:`park`.
+        order: runs keyed routes one message per key at a time (:mod:`amebus.ordering`).
     """
 
     def __init__(self, processor: Processor, nc: Client, error_tracer: ErrorTracer | None = None,
@@ -86,14 +80,15 @@ class JetStreamConsumer(Settler):
                  attempts: Attempts | None = None, first_reply: str = "",
                  observer: Observer | None = None,
                  on_settled: Callable[[Msg], None] | None = None,
-                 on_tick: Tick | None = None, parked: dict[str, Msg] | None = None) -> None:
+                 on_tick: Tick | None = None, parked: dict[str, Msg] | None = None,
+                 order: KeyOrder | None = None) -> None:
         super().__init__(nc, error_tracer, settings or Settings(),
                          owner=type(processor).__name__, skip_unrouted=skip_unrouted,
                          limits=limits, attempts=attempts, observer=observer,
                          on_settled=on_settled)
         resolver = resolver or dispatch_of(processor)
         if resolver is None:
-            single = _ProcessorHandler(processor)
+            single = ProcessorHandler(processor)
             self.handlers: dict[str, Handler] = {single.name: single}
             self.resolve: Callable[[str], Handler | None] = lambda subject: single
         else:
@@ -106,6 +101,7 @@ class JetStreamConsumer(Settler):
         batch), by reply subject: kept alive by in-progress signals, given back at shutdown."""
         self._slots: list[Slot] = []
         self.batches = Batches(self)  # the batch routes' collectors (amebus.batch_runner)
+        self.order = order
 
     # -- running --------------------------------------------------------------------------
 
@@ -130,6 +126,7 @@ class JetStreamConsumer(Settler):
         ``before_shutdown`` runs first when cancelled (the pull engine stops pulling there).
         """
         self._slots = [Slot() for _ in range(self.settings.concurrency)]
+        take = take if self.order is None else self.order.taking(take, self)
         for index, slot in enumerate(self._slots):
             slot.task = asyncio.create_task(self._worker(slot, take),
                                             name=f"amebus-worker-{index}")
@@ -178,7 +175,8 @@ class JetStreamConsumer(Settler):
                 if msg is None:
                     self.batches.end()  # collected batches run now
                     return
-                await self.handle(msg, slot)
+                await (self.handle(msg, slot) if self.order is None
+                       else self.order.run(self, msg, slot))
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if slot.timed_out and not self.stopping and task is not None:
@@ -198,10 +196,10 @@ class JetStreamConsumer(Settler):
         self.parked.pop(msg.reply, None)
 
     async def give_back_parked(self) -> None:
-        """Give back every parked message (serving stops): nak'ed for redelivery, uncounted."""
+        """Give back every parked message (serving stops): nak'ed for redelivery, uncounted,
+        in the order they were parked."""
         while self.parked:
-            _, msg = self.parked.popitem()
-            await self.give_back(msg)
+            await self.give_back(self.parked.pop(next(iter(self.parked))))
 
     # -- one message ------------------------------------------------------------------------
 
@@ -308,6 +306,8 @@ class JetStreamConsumer(Settler):
                     progress=lambda msg: self.progress(msg), on_tick=self._tick)
 
     async def _tick(self, elapsed: float) -> None:
+        if self.order is not None:
+            self.order.tick(self)
         if self.on_tick is not None:
             await self.on_tick(self, elapsed)
 

@@ -76,7 +76,7 @@ class Bound:
     for an async handler its own coroutine, with no wrapper on the per-message path.
     """
 
-    __slots__ = ("batch", "name", "route", "run", "stats", "timeout")
+    __slots__ = ("arg", "batch", "name", "route", "run", "stats", "timeout")
 
     def __init__(self, route: CompiledRoute, service: Any, codec: Codec,
                  mounted: dict[type[Any], Any]) -> None:
@@ -96,7 +96,7 @@ class Bound:
             call = handler
         is_async = inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(
             type(call).__call__)
-        arg = _argument(route, codec)
+        arg = self.arg = _argument(route, codec)  # what the handler's first parameter gets
         self.batch = None if route.route.batch is None else BatchCall(
             route.route.batch, call, arg, route.name)  # run by amebus.batch_runner
         run: Callable[[Msg], Any]

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
     from amebus.settlement import RouteStats
 
-__all__ = ["Handler", "Processor", "Resolver", "Takes", "check_handler", "describe",
-           "events_of", "signature"]
+__all__ = ["Handler", "Processor", "ProcessorHandler", "Resolver", "Takes", "check_handler",
+           "describe", "events_of", "signature"]
 
 Takes = Literal["event", "message", "payload"]
 """What a handler's first parameter receives."""
@@ -44,6 +44,18 @@ class Handler(Protocol):
     stats: RouteStats
     timeout: float | None
     run: Callable[[Msg], Awaitable[Any]]
+
+
+class ProcessorHandler:
+    """A bare :class:`Processor` as the one :class:`Handler` of a consumer without routes."""
+
+    def __init__(self, processor: Processor) -> None:
+        from amebus.settlement import RouteStats
+
+        self.name = type(processor).__name__
+        self.stats = RouteStats()
+        self.timeout: float | None = None  # the settings' timeout
+        self.run: Callable[[Msg], Awaitable[Any]] = processor.process
 
 
 class Resolver(Protocol):

@@ -137,6 +137,15 @@ class Puller(PullBudget):
             await self.refill()  # half the count window is free: sent if the bytes allow
         return msg
 
+    def put_back(self, msg: Msg) -> bool:
+        """Put a message taken earlier (a parked one free to start) at the front of the
+        buffer and wake a worker; False once stopped (the caller keeps it)."""
+        if self.closed:
+            return False
+        self.buffer.appendleft(msg)
+        self._wake(everyone=False)
+        return True
+
     def release(self, msg: Msg) -> None:
         """``msg`` is settled: its bytes leave the budget (once; unknown messages are ignored)."""
         if not self._settled(msg):

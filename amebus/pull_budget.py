@@ -60,6 +60,11 @@ class PullBudget:
         """Messages pulled and not yet started: buffered, or parked by the consumer."""
         return len(self.buffer) + len(self.parked)
 
+    @property
+    def stalled(self) -> bool:
+        """Nothing is requested, buffered or due: the window is full of parked messages."""
+        return not self.pending and not self.buffer and not self._due()[0]
+
     def _sent(self, want: int, nbytes: int, *, undo: bool = False) -> None:
         """A request for ``want`` messages and ``nbytes`` went out (``undo``: it failed)."""
         sign = -1 if undo else 1

@@ -12,6 +12,7 @@ from amebus.batching import Batch, check_batch
 from amebus.errors import ConfigurationError
 from amebus.handlers import check_handler, describe, signature
 from amebus.idempotency import Idempotent, check_idempotent
+from amebus.ordering import Key, check_key
 from amebus.subjects import validate_pattern
 
 __all__ = ["CompiledRoute", "Route"]
@@ -36,14 +37,18 @@ class Route:
         batch: ``Batch(size=100, wait=0.5)``, or a whole number (the size, waiting 0.5s): the
             handler receives a list of up to ``size`` events and returns None or one outcome
             per event (:mod:`amebus.batching`, ``docs/batches.md``).
+        key: run messages with the same key one at a time, in stream order: a subject token
+            position (``key=2`` for the id in ``orders.*.<id>``), an event attribute name or
+            a function of the event (docs/ordering.md); None: the service's ``key``.
     """
 
     __slots__ = ("ack_sync", "batch", "bound_as", "event", "handler", "idempotent", "is_method",
-                 "pattern", "timeout", "tokens")
+                 "key", "pattern", "timeout", "tokens")
 
     def __init__(self, pattern: str | type[Any], handler: Any = None, *,
                  timeout: float | None = None, idempotent: bool | Idempotent = False,
-                 ack_sync: bool = False, batch: Batch | int | None = None) -> None:
+                 ack_sync: bool = False, batch: Batch | int | None = None,
+                 key: Key | None = None) -> None:
         self.event: type[Any] | None = None
         if isinstance(pattern, type):
             self.event = pattern
@@ -60,6 +65,8 @@ class Route:
             msg = (f"Route({pattern!r}) batch={batch!r} cannot be idempotent or ack_sync; "
                    f"drop idempotent=/ack_sync=, or make it a per-message route")
             raise ConfigurationError(msg)
+        check_key(key, f"Route({pattern!r})")
+        self.key = key
         self.bound_as: list[str] = []
         """The attribute names this Route was given in class bodies (by ``__set_name__``)."""
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(

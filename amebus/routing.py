@@ -14,6 +14,7 @@ from typing import Any
 from amebus.batching import check_sizes
 from amebus.errors import ConfigurationError
 from amebus.matcher import Matcher
+from amebus.ordering import check_keys
 from amebus.routes import CompiledRoute, Route
 from amebus.subjects import join, specificity, validate_pattern
 
@@ -71,6 +72,7 @@ class ServiceMeta(type):
         cls._matcher = Matcher((r.tokens, r) for r in compiled)
         cls.filter_subjects = _filter_subjects(r.tokens for r in compiled)
         check_sizes(name, (r.route.batch for r in compiled), getattr(cls, "max_ack_pending", 0))
+        check_keys(name, compiled, getattr(cls, "key", None))  # amebus.ordering
         return cls
 
     def resolve(cls, subject: str) -> CompiledRoute | None:

@@ -22,6 +22,7 @@ from amebus.consumer import JetStreamConsumer
 from amebus.deadletter import check_dead_letter_stream
 from amebus.dispatch import Dispatch, dispatch_of
 from amebus.errors import ConfigurationError
+from amebus.ordering import Key, KeyOrder
 from amebus.permissions import permissions
 from amebus.pull import Puller
 from amebus.routing import ServiceMeta
@@ -107,6 +108,9 @@ class Service(metaclass=ServiceMeta):
             is missing, update what amebus created), ``"adopt"`` (also rewrite a consumer
             made by others), ``"verify"`` (change nothing, refuse any difference) or
             ``"bind"`` (change nothing, serve as the server has it). See docs/operations.md.
+        key: for every route without its own ``Route(key=)``: messages with the same key run
+            one at a time in stream order, others concurrently (a subject token position, an
+            event attribute or a function of the event; None: no order). docs/ordering.md.
     """
 
     stream: ClassVar[str | None] = None
@@ -131,6 +135,7 @@ class Service(metaclass=ServiceMeta):
     observer: ClassVar[Observer | None] = None
     deliver_policy: ClassVar[str | int | datetime.datetime] = "all"
     provision: ClassVar[str] = "update"
+    key: ClassVar[Key | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -219,6 +224,8 @@ class Service(metaclass=ServiceMeta):
         if not cls.routes:
             msg = f"{cls.__name__} declares no routes; add Route attributes before serving"
             raise ConfigurationError(msg)
+        order = KeyOrder.of(cls.__name__, self._amebus_dispatch().handlers.values(),
+                            option["key"])  # None: no route has a key
         nc, api_prefix = connection_of(js)
         check_server(nc)
         violations: list[str] = []
@@ -255,7 +262,8 @@ class Service(metaclass=ServiceMeta):
             observer=(observer if observer is None or isinstance(observer, Observers)
                       else Observers(observer)),
             on_settled=puller.release,  # settled messages leave the byte budget
-            on_tick=Ticker(puller, settings).tick, parked=puller.parked)
+            on_tick=Ticker(puller, settings).tick, parked=puller.parked,
+            order=None if order is None else order.pulling(puller))
         await puller.start()
         state.engine, state.lifecycle = (consumer, puller), Lifecycle.SERVING
         background: list[asyncio.Task[Any]] = []

@@ -21,6 +21,7 @@ import attrs
 
 from amebus._checks import check_options
 from amebus.errors import ConfigurationError
+from amebus.ordering import Key
 from amebus.provision import check_options as check_provision
 from amebus.settlement import RouteStats, Settings
 from amebus.telemetry.observer import check_observer
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 SETTINGS = tuple(f.name for f in attrs.fields(Settings))
 SERVE_OPTIONS = ("stream", "durable", "stream_subjects", "max_ack_pending", "batch",
                  "max_bytes_in_flight", "server_filter", "new_routes", "deliver_policy",
-                 "provision", *SETTINGS, "dead_letter_stream")
+                 "provision", *SETTINGS, "dead_letter_stream", "key")
 """The configuration names ``serve()`` takes (besides ``error_tracer`` and ``observer``)."""
 
 
@@ -70,6 +71,7 @@ class ServeOptions(TypedDict, total=False):
     shutdown_timeout: float
     server_max_deliver: int | None
     dead_letter_stream: str | None
+    key: Key | None
     error_tracer: ErrorTracer | None
     observer: Observer | None
 

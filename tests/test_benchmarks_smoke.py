@@ -79,3 +79,12 @@ def test_features_benchmark_measures_every_variant_against_off(tmp_path: Path) -
     for run in ran:
         if run["variant"] != "off":  # "0.81x": msgs/s, paired and CPU ratios
             assert len(re.findall(r" \d+\.\d\dx", rows[run["variant"]])) == 3, rows
+
+
+def test_ordering_benchmark_runs_and_keeps_order() -> None:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.ordering", "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["4", "16"], done.stdout
+    assert all(row[-1] == "True" for row in rows), done.stdout  # per key, in stream order
