@@ -78,8 +78,11 @@ VARIANTS: dict[str, Variant] = {
                        "every span", telemetry="tracing"),
     "idempotent": Variant("Route(idempotent=True): a KV get and put per message",
                           route={"idempotent": True}, reset=_empty_idempotency_bucket),
+    "key": Variant("Route(key='order_id'): order per key (at --concurrency 1, its bookkeeping)",
+                   route={"key": "order_id"}),
 }
-"""The feature rows, by name: per-key order, standby and batch routes are one entry each."""
+"""The feature rows, by name. Batch routes are measured by ``benchmarks.batches`` (their
+handler takes a list, so the same four handlers cannot be reused)."""
 
 
 def _variant(name: str) -> Variant:
