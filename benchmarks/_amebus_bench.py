@@ -72,7 +72,7 @@ def build_service(work: Workload, target: Target, *,
 def observer_for(telemetry: str) -> Any:
     """The observer of a telemetry row: ``metrics`` (Prometheus, own registry), ``tracing``
     (the OpenTelemetry SDK, a batch span processor and an exporter that drops every span),
-    ``both``, or none for ``""``."""
+    ``tracing_sampled`` (the same, sampling 1% of traces), ``both``, or none for ``""``."""
     if not telemetry:
         return None
     observers: list[Observer] = []
@@ -81,7 +81,7 @@ def observer_for(telemetry: str) -> Any:
             observers.append(Metrics())
         except ImportError as error:
             raise Unavailable(f"prometheus-client not installed ({error})") from error
-    if telemetry in ("tracing", "both"):
+    if telemetry in ("tracing", "tracing_sampled", "both"):
         try:
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import (
@@ -96,7 +96,10 @@ def observer_for(telemetry: str) -> Any:
             def export(self, spans: Any) -> SpanExportResult:
                 return SpanExportResult.SUCCESS
 
-        provider = TracerProvider()
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+        sampler = ParentBased(TraceIdRatioBased(0.01)) if telemetry == "tracing_sampled" else None
+        provider = TracerProvider(sampler=sampler)
         provider.add_span_processor(BatchSpanProcessor(Dropped()))
         observers.append(Tracing(provider))
     return Observers(*observers)

@@ -76,6 +76,8 @@ VARIANTS: dict[str, Variant] = {
     "metrics": Variant("Metrics() observer (Prometheus, its own registry)", telemetry="metrics"),
     "tracing": Variant("Tracing: OpenTelemetry SDK, BatchSpanProcessor, an exporter that drops "
                        "every span", telemetry="tracing"),
+    "tracing_sampled": Variant("Tracing as above, ParentBased(TraceIdRatioBased(0.01)): 1% of "
+                               "traces recorded", telemetry="tracing_sampled"),
     "idempotent": Variant("Route(idempotent=True): a KV get and put per message",
                           route={"idempotent": True}, reset=_empty_idempotency_bucket),
     "key": Variant("Route(key='order_id'): order per key (at --concurrency 1, its bookkeeping)",
@@ -173,7 +175,7 @@ async def _bench(args: argparse.Namespace, names: list[str]) -> list[dict[str, A
                     shown = f"{run['rate']:>10,.0f} msgs/s {run['cpu_us_per_msg']:6.1f} µs/msg"
                 else:
                     shown = "INVALID: " + "; ".join(problems)
-                print(f"  round {round_ + 1} {name:<12} {shown}", file=sys.stderr)
+                print(f"  round {round_ + 1} {name:<16} {shown}", file=sys.stderr)
                 runs.append(run)
         await nc.close()
         return runs
@@ -201,23 +203,23 @@ def _paired(runs: list[dict[str, Any]], name: str) -> str:
 def table(runs: list[dict[str, Any]], names: list[str]) -> str:
     """The result table: per variant, median msgs/s and CPU µs/msg, and each against off."""
     off = _medians(runs, "off")
-    header = (f"{'variant':<12} {'valid':>5} {'median/s':>9} {'CPU µs/msg':>10} "
+    header = (f"{'variant':<16} {'valid':>5} {'median/s':>9} {'CPU µs/msg':>10} "
               f"{'on/off msgs/s':>13} {'paired':>7} {'on/off CPU':>10}")
     rows = [header, "-" * len(header)]
     for name in names:
         unavailable = [r for r in runs if r["variant"] == name and r["status"] == "unavailable"]
         if unavailable:
-            rows.append(f"{name:<12} skipped: {unavailable[0]['reason']}")
+            rows.append(f"{name:<16} skipped: {unavailable[0]['reason']}")
             continue
         found = _medians(runs, name)
         if found is None:
-            rows.append(f"{name:<12} no valid run")
+            rows.append(f"{name:<16} no valid run")
             continue
         rate, cpu, valid, ran = found
         ratio = f"{rate / off[0]:.2f}x" if off and name != "off" else "-"
         cpu_ratio = f"{cpu / off[1]:.2f}x" if off and name != "off" else "-"
         paired = _paired(runs, name) if name != "off" else "-"
-        rows.append(f"{name:<12} {valid:>2}/{ran:<2} {rate:>9,.0f} {cpu:>10.1f} {ratio:>13} "
+        rows.append(f"{name:<16} {valid:>2}/{ran:<2} {rate:>9,.0f} {cpu:>10.1f} {ratio:>13} "
                     f"{paired:>7} {cpu_ratio:>10}")
     rows.append("")
     rows.append("on/off: the ratio of the medians; paired: the median over rounds of the "
