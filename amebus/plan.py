@@ -14,6 +14,7 @@ from nats.js.errors import NotFoundError
 
 from amebus.consumer_config import consumer_config, server_filters
 from amebus.errors import ConfigurationError
+from amebus.priority import consumer_info, priority_drift, priority_fields
 from amebus.provision import SERVICE_KEY, VERSION_KEY, consumer_or_none, is_owned
 from amebus.routing import durable_name
 
@@ -209,6 +210,10 @@ async def bind_as_is(js: JetStreamContext, cls: ServiceMeta, options: Mapping[st
                f"it (see `amebus plan`) or serve with provision = 'update'")
         raise ConfigurationError(msg)
     drift = [row.describe() for row in found.rows if row.drifted]
+    if found.consumer is not None:  # a priority policy cannot be served without (or with)
+        drift += priority_drift(cls.__name__, stream, durable,  # the group fields: refused
+                                (await consumer_info(js, stream, durable))[1],
+                                priority_fields(options))
     if drift and mode == "verify":
         msg = (f"{cls.__name__}: provision = 'verify' and the server's configuration differs: "
                f"{'; '.join(drift)}; change the infrastructure code that made it (or the "

@@ -22,6 +22,7 @@ from amebus.deadletter import check_dead_letter_stream
 from amebus.dispatch import Dispatch, dispatch_of
 from amebus.errors import ConfigurationError
 from amebus.permissions import permissions
+from amebus.priority import PinHooks
 from amebus.pull import Puller
 from amebus.routing import ServiceMeta
 from amebus.serving import (
@@ -53,7 +54,7 @@ __all__ = ["Service", "ServiceStats"]
 log = logging.getLogger(__name__)
 
 
-class Service(metaclass=ServiceMeta):
+class Service(PinHooks, metaclass=ServiceMeta):
     """Base class of a routed JetStream service.
 
     Declare ``Route`` and ``Router`` attributes and configuration as class attributes; every
@@ -106,6 +107,8 @@ class Service(metaclass=ServiceMeta):
             is missing, update what amebus created), ``"adopt"`` (also rewrite a consumer
             made by others), ``"verify"`` (change nothing, refuse any difference) or
             ``"bind"`` (change nothing, serve as the server has it). See docs/operations.md.
+        standby, priority_timeout, overflow: active/standby and overflow instances through
+            server priority groups (:class:`~amebus.priority.PinHooks`, docs/deployment.md).
     """
 
     stream: ClassVar[str | None] = None
@@ -211,6 +214,7 @@ class Service(metaclass=ServiceMeta):
         from amebus.binding import bind_consumer, check_server, connection_of
         from amebus.catchup import catch_up
         from amebus.gaveup import ensure_gave_up_stream, watch_gave_up
+        from amebus.pinning import for_service
 
         cls = type(self)
         settings = settings_of(cls, overrides)
@@ -237,6 +241,8 @@ class Service(metaclass=ServiceMeta):
         puller = Puller(nc, stream, durable, batch=batch, api_prefix=api_prefix,
                         max_bytes=positive_int(cls, "max_bytes_in_flight",
                                                option["max_bytes_in_flight"]))
+        puller.priority = for_service(self, nc, f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}."
+                                      f"{durable}", option)  # None: no priority group
         warn_slow_pings(nc)
         note_shared_inbox(nc, cls)
         # A message on the server's last delivery goes to the front: run before anything else.
@@ -288,6 +294,8 @@ class Service(metaclass=ServiceMeta):
             await consumer.run_from(puller.next, before_shutdown=stop_pulling)
         finally:
             await stop_tasks(background)
+            if puller.priority is not None:  # handlers are done: a standby may take over
+                await puller.priority.stop(unpin=True)
             if not puller.closed:
                 with contextlib.suppress(Exception):
                     await stop_pulling()

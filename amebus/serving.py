@@ -21,6 +21,7 @@ import attrs
 
 from amebus._checks import check_options
 from amebus.errors import ConfigurationError
+from amebus.priority import PRIORITY_OPTIONS, Overflow, check_priority
 from amebus.provision import check_options as check_provision
 from amebus.settlement import RouteStats, Settings
 from amebus.telemetry.observer import check_observer
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 SETTINGS = tuple(f.name for f in attrs.fields(Settings))
 SERVE_OPTIONS = ("stream", "durable", "stream_subjects", "max_ack_pending", "batch",
                  "max_bytes_in_flight", "server_filter", "new_routes", "deliver_policy",
-                 "provision", *SETTINGS, "dead_letter_stream")
+                 "provision", *SETTINGS, "dead_letter_stream", *PRIORITY_OPTIONS)
 """The configuration names ``serve()`` takes (besides ``error_tracer`` and ``observer``)."""
 
 
@@ -70,6 +71,9 @@ class ServeOptions(TypedDict, total=False):
     shutdown_timeout: float
     server_max_deliver: int | None
     dead_letter_stream: str | None
+    standby: bool
+    priority_timeout: float
+    overflow: Overflow | None
     error_tracer: ErrorTracer | None
     observer: Observer | None
 
@@ -162,6 +166,8 @@ def settings_of(cls: type[Service], overrides: Mapping[str, Any]) -> Settings:
     check_observer(cls.__name__, overrides.get("observer", cls.observer))
     check_provision(cls.__name__, {name: overrides.get(name, getattr(cls, name))
                                     for name in ("deliver_policy", "provision")})
+    check_priority(cls.__name__, {name: overrides.get(name, getattr(cls, name))
+                                  for name in PRIORITY_OPTIONS})
     values = {name: overrides.get(name, getattr(cls, name)) for name in SETTINGS}
     try:
         check_options({name: overrides.get(name, getattr(cls, name))
