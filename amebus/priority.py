@@ -191,7 +191,8 @@ async def add_consumer(js: JetStreamContext, stream: str, config: api.ConsumerCo
         info: api.ConsumerInfo = await js.add_consumer(stream, config)
         return info
     body = {"stream_name": stream, "config": {**config.as_dict(), **fields}}
-    answer = await _request(js, f"CONSUMER.CREATE.{stream}.{config.durable_name}", body)
+    # The subject nats-py uses for a durable (and amebus.permissions grants).
+    answer = await _request(js, f"CONSUMER.DURABLE.CREATE.{stream}.{config.durable_name}", body)
     created: api.ConsumerInfo = api.ConsumerInfo.from_response(answer)
     return created
 

@@ -46,6 +46,7 @@ def test_quick_benchmark_runs_and_verifies(tmp_path: Path) -> None:
     ("benchmarks.large", "server 'Slow Consumer' lines: 0"),
     ("benchmarks.idempotent", "idempotent"),
     ("benchmarks.workers", "ratio 2 workers / 1 worker"),
+    ("benchmarks.standby", "ratio standby / plain"),
 ])
 def test_other_benchmarks_run(module: str, expected: str) -> None:
     done = subprocess.run([sys.executable, "-m", module, "--quick"], cwd=ROOT,

@@ -269,3 +269,34 @@ async def test_the_priority_timeout_is_updated_in_place(js: JetStreamContext,
             standby=True, priority_timeout=5.0)):
         _, fields = await consumer_info(js, space.stream, space.durable)
     assert fields["priority_timeout"] == 5_000_000_000
+
+
+class CliStandby(Service):
+    """For ``amebus unpin test_standby:CliStandby --stream ... --durable ...``."""
+
+    standby = True
+    job = Route("cli.standby.job", lambda payload: None)
+
+
+async def test_amebus_unpin_moves_the_pin(js: JetStreamContext, space: Space, nats_url: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from amebus.cli import main
+
+    ledger = Ledger()
+    service = instance(space, ledger, "A")
+    command = ["unpin", "test_standby:CliStandby", "--server", nats_url,
+               "--stream", space.stream, "--durable", space.durable]
+    async with serving(service, js, **space.options(**STANDBY)):
+        await publish(js, space, range(3))
+        await eventually(lambda: len(ledger.ids()) == 3, 10, "three handled")
+        old = await server_pin(js, space)
+        assert await asyncio.to_thread(main, command) == 0
+        assert f"(pin {old})" in capsys.readouterr().out
+        await publish(js, space, range(3, 6))
+        await eventually(lambda: len(ledger.ids()) == 6, 10, "three more handled")
+        assert await server_pin(js, space) not in (None, old)
+    assert await asyncio.to_thread(main, command) == 0  # it unpinned itself on stopping
+    assert "had no pinned instance" in capsys.readouterr().out
+    await js.add_consumer(space.stream, durable_name="plain", ack_policy="explicit")
+    assert await asyncio.to_thread(main, [*command[:-1], "plain"]) == 1
+    assert "has priority policy 'none', so nothing is pinned" in capsys.readouterr().err
