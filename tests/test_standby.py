@@ -300,3 +300,25 @@ async def test_amebus_unpin_moves_the_pin(js: JetStreamContext, space: Space, na
     await js.add_consumer(space.stream, durable_name="plain", ack_policy="explicit")
     assert await asyncio.to_thread(main, [*command[:-1], "plain"]) == 1
     assert "has priority policy 'none', so nothing is pinned" in capsys.readouterr().err
+
+
+async def test_plan_shows_the_priority_policy_and_refuses_a_change(
+        js: JetStreamContext, space: Space) -> None:
+    from amebus.plan import plan_service
+    from amebus.serving import SERVE_OPTIONS
+
+    ledger = Ledger()
+    plain = instance(space, ledger, "plain")
+    async with serving(plain, js, **space.options()):
+        pass
+    standby = type(instance(space, ledger, "A", **STANDBY))
+    options = {**{name: getattr(standby, name) for name in SERVE_OPTIONS}, **space.options()}
+    plan = await plan_service(js, standby, {**options, **STANDBY})
+    rows = {row.field: row for row in plan.rows}
+    assert (rows["priority_policy"].server, rows["priority_policy"].wanted) == (
+        None, "pinned_client")
+    assert rows["priority_timeout"].wanted == TIMEOUT
+    assert plan.outcome() == (False, "refuse to serve: priority_policy cannot change in "
+                                     f"place; delete the consumer (`nats consumer rm "
+                                     f"{space.stream} {space.durable}`)")
+    assert "! priority_policy" in plan.render().replace("  ", " ")
