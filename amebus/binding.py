@@ -19,7 +19,13 @@ from amebus.catchup import added_routes, recorded_routes, routes_metadata
 from amebus.consumer_config import consumer_config, server_filters
 from amebus.errors import ConfigurationError
 from amebus.plan import bind_as_is
-from amebus.priority import add_consumer, consumer_info, priority_drift, priority_fields
+from amebus.priority import (
+    add_consumer,
+    check_version,
+    consumer_info,
+    priority_drift,
+    priority_fields,
+)
 from amebus.provision import (
     bind_error_hint,
     is_owned,
@@ -96,6 +102,7 @@ async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping
     wanted.metadata = {**(wanted.metadata or {}), **routes_metadata(routes)}
     widened: tuple[list[str], int] = ([], 0)
     priority = priority_fields(options)  # nats-py's ConsumerConfig has no such fields
+    check_version(cls.__name__, _natsio.jetstream_parts(js)[0].connected_server_version, priority)
     try:
         current_info, current_priority = await consumer_info(js, stream, durable)
         current: api.ConsumerConfig | None = current_info.config

@@ -31,13 +31,17 @@ from amebus.errors import ConfigurationError
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
 
-__all__ = ["GROUP", "PRIORITY_OPTIONS", "Overflow", "PinHooks", "add_consumer",
-           "check_priority", "consumer_info", "priority_drift", "priority_fields", "unpin"]
+__all__ = ["GROUP", "MINIMUM_SERVER", "PRIORITY_OPTIONS", "Overflow", "PinHooks",
+           "add_consumer", "check_priority", "check_version", "consumer_info",
+           "priority_drift", "priority_fields", "unpin"]
 
 log = logging.getLogger(__name__)
 
 GROUP = "amebus"
 """The one priority group amebus declares on a consumer (the server allows one today)."""
+
+MINIMUM_SERVER = (2, 11)
+"""The first nats-server with priority groups (an older one ignores the fields silently)."""
 
 PRIORITY_OPTIONS = ("standby", "priority_timeout", "overflow")
 """The configuration names of this module (class attributes and ``serve()`` keywords)."""
@@ -130,6 +134,21 @@ def priority_fields(options: Mapping[str, Any]) -> dict[str, Any]:
     if options.get("overflow") is not None:
         return {"priority_groups": [GROUP], "priority_policy": "overflow"}
     return {}
+
+
+def check_version(owner: str, version: Any, fields: Mapping[str, Any]) -> None:
+    """Refuse priority ``fields`` on a server older than 2.11 (``version``: nats-py's
+    ``connected_server_version``), which would ignore them: every instance would consume."""
+    try:
+        found = (version.major, version.minor)
+    except (TypeError, ValueError, AttributeError):  # unparsable: let the server speak
+        return
+    if fields and (0, 0) < found < MINIMUM_SERVER:
+        setting = "standby" if fields.get("priority_policy") == "pinned_client" else "overflow"
+        msg = (f"{owner}.{setting} needs nats-server 2.11 or newer (priority groups); the "
+               f"server is {found[0]}.{found[1]} and would ignore it, so every instance would "
+               f"consume: upgrade the server or drop the setting")
+        raise ConfigurationError(msg)
 
 
 def _policy(fields: Mapping[str, Any]) -> str:

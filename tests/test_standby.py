@@ -322,3 +322,19 @@ async def test_plan_shows_the_priority_policy_and_refuses_a_change(
                                      f"place; delete the consumer (`nats consumer rm "
                                      f"{space.stream} {space.durable}`)")
     assert "! priority_policy" in plan.render().replace("  ", " ")
+
+
+@pytest.mark.parametrize(("version", "refused"), [("2.10.24", True), ("2.11.0", False),
+                                                  ("2.15.1", False), ("0.0.0", False)])
+def test_an_older_server_is_refused(version: str, refused: bool) -> None:
+    from nats.aio.client import ServerVersion
+
+    from amebus.priority import check_version, priority_fields
+
+    fields = priority_fields(STANDBY)
+    if refused:
+        with pytest.raises(ConfigurationError, match=r"Svc.standby needs nats-server 2.11"):
+            check_version("Svc", ServerVersion(version), fields)
+    else:
+        check_version("Svc", ServerVersion(version), fields)
+    check_version("Svc", ServerVersion(version), {})  # no priority group: any server
