@@ -5,8 +5,10 @@ nats-py 2.16 knows nothing of priority groups (its ``ConsumerConfig`` drops the 
 ways), so the consumer is created and read here with raw ``$JS.API`` requests. The wire format:
 
 - consumer config: ``priority_groups: ["amebus"]``, ``priority_policy: "pinned_client"`` (with
-  ``priority_timeout`` in ns) or ``"overflow"``; neither can be added to, removed from or
-  switched on an existing consumer (the server refuses); ``priority_timeout`` can be updated.
+  ``priority_timeout`` in ns) or ``"overflow"``. ADR-42 forbids adding, removing or switching
+  the policy on an existing consumer (nats-server 2.15.1 accepts it, but then a pull without
+  the group is refused with 400, and so is one with a pin id or thresholds on a consumer
+  without that policy), so amebus refuses to; ``priority_timeout`` is updated in place.
 - consumer info: ``priority_groups: [{"group": ..., "pinned_client_id": ..., "pinned_ts": ...}]``.
 - unpin: ``$JS.API.CONSUMER.UNPIN.<stream>.<durable>`` with ``{"group": "amebus"}``.
 
@@ -168,9 +170,12 @@ def priority_drift(owner: str, stream: str, durable: str, current: Mapping[str, 
                        "pinned_client", "overflow", "none") else want
         msg = (f"{owner}: consumer {durable!r} on stream {stream!r} has priority policy "
                f"{have!r} (groups {groups}), and {setting} needs {want!r} (groups "
-               f"{want_groups}); the server cannot add, remove or switch a priority policy on "
-               f"an existing consumer: delete it (`nats consumer rm {stream} {durable}`; its "
-               f"position is lost) and serve again, or set another `durable`")
+               f"{want_groups}); amebus does not add, remove or switch a priority policy on an "
+               f"existing consumer (ADR-42 servers refuse it; where the server allows it, the "
+               f"instances still serving with the old setting would have every pull refused): "
+               f"stop every instance, then delete the consumer (`nats consumer rm {stream} "
+               f"{durable}`; its position is lost) or change its priority fields yourself, "
+               f"or serve under another `durable`")
         raise ConfigurationError(msg)
     old, new = current.get("priority_timeout") or 0, wanted.get("priority_timeout") or 0
     if want == "pinned_client" and old != new:

@@ -251,7 +251,7 @@ async def test_an_existing_consumer_without_the_group_is_refused(
     ledger = Ledger()
     async with serving(instance(space, ledger, "plain"), js, **space.options()):
         pass
-    with pytest.raises(ConfigurationError, match="cannot add, remove or switch a priority"):
+    with pytest.raises(ConfigurationError, match="does not add, remove or switch a priority"):
         async with serving(instance(space, ledger, "A"), js, **space.options(**STANDBY)):
             pass
     with pytest.raises(ConfigurationError, match="has priority policy 'none'"):
