@@ -93,6 +93,7 @@ class ServiceStats:
         dead_connections: connections amebus found dead (no heartbeat, no PONG) and replaced.
         connected: the connection is live now (False while it is lost or being replaced: a
             readiness check can use it).
+        pinned: ``standby``: this instance holds the pin now (the one consuming).
     """
 
     routes: dict[str, RouteStats] = attrs.Factory(dict)
@@ -104,6 +105,7 @@ class ServiceStats:
     disconnects: int = 0
     dead_connections: int = 0
     connected: bool = False
+    pinned: bool = False
 
     def total(self) -> RouteStats:
         """The sum of every route's counters."""
@@ -145,6 +147,7 @@ class ServingState:
         stats.disconnects = puller.health.disconnects
         stats.dead_connections = puller.health.dead_connections
         stats.connected = consumer.nc.is_connected and not puller.health.replacing
+        stats.pinned = puller.priority is not None and puller.priority.pin_id is not None
 
 
 def settings_of(cls: type[Service], overrides: Mapping[str, Any]) -> Settings:

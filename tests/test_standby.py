@@ -115,6 +115,7 @@ async def test_one_instance_at_a_time_and_a_killed_one_is_replaced(
         await eventually(lambda: len(ledger.ids()) >= 20, 10, "the first handlings")
         [first] = ledger.names()  # one instance took everything so far
         assert ledger.pins[0] == (first, "pinned")
+        assert [s.stats.pinned for s in services.values()] == [n == first for n in "ABC"]
         killed_at = time.monotonic()
         kill(ncs["ABC".index(first)])
         await eventually(lambda: tasks[first].done(), 10, "the killed instance stopping")
@@ -122,6 +123,8 @@ async def test_one_instance_at_a_time_and_a_killed_one_is_replaced(
         await eventually(lambda: ledger.ids() >= {str(i) for i in range(120)}, 30,
                          "every published id handled")
         ledger = Ledger(list(ledger.handled), list(ledger.pins))  # before the others stop
+        pinned = [name for name, s in services.items() if s.stats.pinned]
+    assert pinned == [ledger.names()[1]]
     order = ledger.names()
     assert len(order) == 2 and order[0] == first and order[1] != first, order
     assert ledger.overlaps() == []  # only one instance handled at any time
