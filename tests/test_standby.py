@@ -341,3 +341,18 @@ def test_an_older_server_is_refused(version: str, refused: bool) -> None:
     else:
         check_version("Svc", ServerVersion(version), fields)
     check_version("Svc", ServerVersion(version), {})  # no priority group: any server
+
+
+async def test_a_raising_hook_is_logged_and_serving_goes_on(
+        js: JetStreamContext, space: Space, caplog: pytest.LogCaptureFixture) -> None:
+    ledger = Ledger()
+
+    async def on_pinned(self: Service, pin_id: str) -> None:
+        raise RuntimeError("hook failed")
+
+    service = instance(space, ledger, "A", on_pinned=on_pinned)
+    async with serving(service, js, **space.options(**STANDBY)):
+        await publish(js, space, range(5))
+        await eventually(lambda: len(ledger.ids()) == 5, 10, "five handled")
+        assert service.stats.pinned
+    assert "a pin hook raised" in caplog.text and "hook failed" in caplog.text
