@@ -356,3 +356,40 @@ async def test_a_raising_hook_is_logged_and_serving_goes_on(
         await eventually(lambda: len(ledger.ids()) == 5, 10, "five handled")
         assert service.stats.pinned
     assert "a pin hook raised" in caplog.text and "hook failed" in caplog.text
+
+
+async def test_back_after_the_timeout_the_old_pin_is_refused_and_it_stands_by(
+        js: JetStreamContext, space: Space, nats_url: str) -> None:
+    """The pinned instance's connection is cut and comes back after the timeout: its pulls
+    with the old id are answered 423 ("Nats-Pin-Id mismatch"), it clears the id, keeps
+    serving as a candidate, and the other instance consumes meanwhile."""
+    ledger = Ledger()
+    services = {name: instance(space, ledger, name) for name in "AB"}
+    # nats-py waits reconnect_time_wait before reconnecting when it connected less than that
+    # ago (here: always), so the cut instance comes back after the timeout has moved the pin.
+    ncs = [await nats.connect(nats_url, reconnect_time_wait=3 * TIMEOUT, name=n) for n in "AB"]
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            tasks = {name: await stack.enter_async_context(serving(
+                service, nc, **space.options(**STANDBY)))
+                for (name, service), nc in zip(services.items(), ncs, strict=True)}
+            await publish(js, space, range(10))
+            await eventually(lambda: len(ledger.ids()) == 10, 10, "the first ten handled")
+            [first] = ledger.names()
+            other = ({"A", "B"} - {first}).pop()
+            reconnects = ncs["AB".index(first)].stats["reconnects"]
+            kill(ncs["AB".index(first)])
+            await publish(js, space, range(10, 20))
+            await eventually(lambda: ledger.ids() >= {str(i) for i in range(20)}, 20,
+                             "every id handled")
+            await eventually(lambda: ncs["AB".index(first)].stats["reconnects"] > reconnects,
+                             20, "the cut instance reconnecting")
+            await eventually(lambda: (first, "unpinned") in ledger.pins, 20, "its 423")
+            assert not tasks[first].done()  # still serving: a candidate
+            assert services[other].stats.pinned and not services[first].stats.pinned
+            ledger = Ledger(list(ledger.handled), list(ledger.pins))
+    finally:
+        for nc in ncs:
+            await nc.close()
+    assert ledger.pins[:3] == [(first, "pinned"), (other, "pinned"), (first, "unpinned")]
+    assert ledger.overlaps() == []
