@@ -36,6 +36,7 @@ from amebus.errors import (
 )
 from amebus.events import EVENT_TYPE_HEADER, Event, subject_of
 from amebus.idempotency import Idempotent
+from amebus.priority import Overflow
 from amebus.publish import publish_many
 from amebus.routing import Route, Router
 from amebus.service import Service, ServiceStats
@@ -60,6 +61,7 @@ __all__ = [
     "Nak",
     "NoRouteError",
     "NoStreamError",
+    "Overflow",
     "PublishError",
     "Route",
     "Router",

@@ -19,6 +19,13 @@ from amebus.catchup import added_routes, recorded_routes, routes_metadata
 from amebus.consumer_config import consumer_config, server_filters
 from amebus.errors import ConfigurationError
 from amebus.plan import bind_as_is
+from amebus.priority import (
+    add_consumer,
+    check_version,
+    consumer_info,
+    priority_drift,
+    priority_fields,
+)
 from amebus.provision import (
     bind_error_hint,
     is_owned,
@@ -96,13 +103,16 @@ async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping
     routes = list(cls.filter_subjects)
     wanted.metadata = {**(wanted.metadata or {}), **routes_metadata(routes)}
     widened: tuple[list[str], int] = ([], 0)
+    priority = priority_fields(options)  # nats-py's ConsumerConfig has no such fields
+    check_version(cls.__name__, _natsio.jetstream_parts(js)[0].connected_server_version, priority)
     try:
-        current_info = await js.consumer_info(stream, durable)
+        current_info, current_priority = await consumer_info(js, stream, durable)
         current: api.ConsumerConfig | None = current_info.config
     except NotFoundError:
         current = None
     if current is not None:
         _refuse_fixed_drift(cls, stream, durable, current)
+        retimed = priority_drift(cls.__name__, stream, durable, current_priority, priority)
         before = recorded_routes(current)
         added = added_routes(before, routes) if before is not None else []
         if added:  # a filtered durable's position may run past what it delivered: see below
@@ -112,20 +122,20 @@ async def bind_consumer(js: JetStreamContext, cls: ServiceMeta, options: Mapping
         if (is_owned(current) or options.get("provision", "update") == "adopt") and any(
                 ours.get(k) != v for k, v in wanted.metadata.items()):
             changed.append("metadata")  # a consumer made by others keeps its metadata
-        if not changed:
+        if not changed and not retimed:
             return (stream, durable, bool(filters),
                     _refuse_backoff(cls, stream, durable, current), widened)
-        refuse_foreign(cls, options, stream, durable, current,
-                       [f"{f} {getattr(current, f)!r} -> {getattr(wanted, f)!r}" for f in changed])
+        described = [f"{f} {getattr(current, f)!r} -> {getattr(wanted, f)!r}"
+                     for f in changed] + retimed
+        refuse_foreign(cls, options, stream, durable, current, described)
         log.warning("%s: updating consumer %s on %s: %s", cls.__name__, durable, stream,
-                    ", ".join(f"{f} {getattr(current, f)!r} -> {getattr(wanted, f)!r}"
-                              for f in changed))
+                    ", ".join(described))
         # Keep what amebus does not manage (deliver policy, replicas, ...) as the server has it.
         wanted = current.evolve(**{f: getattr(wanted, f) for f in _UPDATABLE},
                                 metadata={**merged_metadata(current, cls),
                                           **routes_metadata(routes)})
     try:
-        info = await js.add_consumer(stream, wanted)
+        info = await add_consumer(js, stream, wanted, priority)
     except APIError as exc:
         action = "update" if current is not None else "create"
         msg = (f"the server refused to {action} consumer {durable!r} on stream {stream!r} "

@@ -113,6 +113,9 @@ def permissions(service: type[Any], *, discovery: str | bool | None = None,
         if option["new_routes"] == "skip":
             pub(f"{api}.CONSUMER.CREATE.{stream}", "to count skipped messages of added routes")
             pub(f"{api}.CONSUMER.DELETE.{stream}.*", "to count skipped messages of added routes")
+    if option["standby"]:
+        pub(f"{api}.CONSUMER.UNPIN.{stream}.{durable}",
+            "to hand the pin to a standby at once when it stops (standby)")
     if settings.max_deliver > 0:
         grants.extend(_attempt_grants(api, stream, durable, creates))
     if settings.dead_letter_subject is not None:

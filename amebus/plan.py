@@ -14,6 +14,7 @@ from nats.js.errors import NotFoundError
 
 from amebus.consumer_config import consumer_config, server_filters
 from amebus.errors import ConfigurationError
+from amebus.priority import consumer_info, priority_drift, priority_fields
 from amebus.provision import SERVICE_KEY, VERSION_KEY, consumer_or_none, is_owned
 from amebus.routing import durable_name
 
@@ -154,6 +155,14 @@ def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def _priority(fields: Mapping[str, Any], field: str) -> Any:
+    """A priority field as the plan shows it (None: no policy; the timeout in seconds)."""
+    policy = fields.get("priority_policy") if fields.get("priority_groups") else None
+    if field == "priority_policy" or policy != "pinned_client":
+        return policy if field == "priority_policy" and policy != "none" else None
+    return (fields.get("priority_timeout") or 0) / 1e9
+
+
 def _value(config: api.ConsumerConfig, field: str) -> Any:
     if field == "filter_subjects":
         subjects = list(config.filter_subjects or []) or (
@@ -188,6 +197,10 @@ async def plan_service(js: JetStreamContext, cls: ServiceMeta, options: Mapping[
         server = _value(current, field) if current is not None else None
         want = _value(wanted_config, field) if kind != "kept" else server
         rows.append(Row("consumer", field, server, want, kind))
+    holds = (await consumer_info(js, stream, durable))[1] if current is not None else {}
+    for field, kind in (("priority_policy", "fixed"), ("priority_timeout", "update")):
+        rows.append(Row("consumer", field, _priority(holds, field),
+                        _priority(priority_fields(options), field), kind))
     return Plan(service=f"{cls.__module__}.{cls.__qualname__}",
                 mode=options.get("provision", "update"), stream=stream, durable=durable,
                 stream_exists=stream_config is not None, consumer=current, rows=tuple(rows))
@@ -208,6 +221,9 @@ async def bind_as_is(js: JetStreamContext, cls: ServiceMeta, options: Mapping[st
         msg = (f"{cls.__name__}: {found.missing}; provision = {mode!r} creates nothing: create "
                f"it (see `amebus plan`) or serve with provision = 'update'")
         raise ConfigurationError(msg)
+    if found.consumer is not None:  # pulls without the group (or with it) fail: refused
+        priority_drift(cls.__name__, stream, durable,
+                       (await consumer_info(js, stream, durable))[1], priority_fields(options))
     drift = [row.describe() for row in found.rows if row.drifted]
     if drift and mode == "verify":
         msg = (f"{cls.__name__}: provision = 'verify' and the server's configuration differs: "

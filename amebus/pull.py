@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
 
+    from amebus.pinning import PriorityPull
+
 __all__ = ["Puller"]
 
 log = logging.getLogger(__name__)
@@ -71,19 +73,23 @@ class Puller(PullBudget):
         self.first_reply = f"$JS.ACK.{stream}.{durable}.1."  # a first delivery's reply prefix
         self._refilling: asyncio.Task[None] | None = None  # a refill that release() started
         self.health = ConnectionHealth(nc, self._next_subject, heartbeat)
+        self.priority: PriorityPull | None = None  # a priority group's fields and pin
 
     async def start(self) -> None:
         """Subscribe the inbox and issue the first request."""
         _natsio.install_parser(self._nc)  # hostile subjects reach amebus, not a dead reader
         _natsio.last_error(self._nc)  # start recording why connections are lost
         self._inbox = self._nc.new_inbox()
+        subject = self._inbox if self.priority is None else self.priority.subscription(self._inbox)
         # The requests bound what can arrive, so nats-py's slow-consumer limits must not drop.
-        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg,
+        self._sub = await self._nc.subscribe(subject, cb=self._on_msg,
                                              pending_msgs_limit=0, pending_bytes_limit=0)
         self._reconnects = self._nc.stats["reconnects"]
         self._last_seen = self._heard = time.monotonic()
         await self.refill()
         self._monitor = asyncio.create_task(self._watch(), name="amebus-pull-monitor")
+        if self.priority is not None:
+            self.priority.start()
 
     @property
     def heard_at(self) -> float:
@@ -162,17 +168,20 @@ class Puller(PullBudget):
         want, nbytes = self._due()
         if not want:
             return
-        body = json.dumps({"batch": want, "max_bytes": nbytes, "expires": self._expires_ns,
-                           "idle_heartbeat": int(self._heartbeat * 1e9)}).encode()
+        request = {"batch": want, "max_bytes": nbytes, "expires": self._expires_ns,
+                   "idle_heartbeat": int(self._heartbeat * 1e9)}
+        reply = self._inbox if self.priority is None else self.priority.prepare(request)
         self._sent(want, nbytes)
         try:
-            await self._nc.publish(self._next_subject, body, reply=self._inbox)
+            await self._nc.publish(self._next_subject, json.dumps(request).encode(), reply=reply)
         except Exception as exc:  # disconnected: the monitor reissues once reconnected
             self._sent(want, nbytes, undo=True)
             log.debug("pull request failed: %r", exc)
 
     async def _on_msg(self, msg: Msg) -> None:
         headers = msg.headers
+        if self.priority is not None and self.priority.observe(msg):
+            return  # a keep-alive pull's answer: none of the engine's requests
         if headers and not msg.reply and "Status" in headers:
             self._last_seen = self._heard = time.monotonic()
             await self._on_status(headers)

@@ -24,6 +24,7 @@ from amebus.dispatch import Dispatch, dispatch_of
 from amebus.errors import ConfigurationError
 from amebus.ordering import Key, KeyOrder
 from amebus.permissions import permissions
+from amebus.priority import PinHooks
 from amebus.pull import Puller
 from amebus.routing import ServiceMeta
 from amebus.serving import (
@@ -55,7 +56,7 @@ __all__ = ["Service", "ServiceStats"]
 log = logging.getLogger(__name__)
 
 
-class Service(metaclass=ServiceMeta):
+class Service(PinHooks, metaclass=ServiceMeta):
     """Base class of a routed JetStream service.
 
     Declare ``Route`` and ``Router`` attributes and configuration as class attributes; every
@@ -111,6 +112,8 @@ class Service(metaclass=ServiceMeta):
         key: for every route without its own ``Route(key=)``: messages with the same key run
             one at a time in stream order, others concurrently (a subject token position, an
             event attribute or a function of the event; None: no order). docs/ordering.md.
+        standby, priority_timeout, overflow: active/standby and overflow instances through
+            server priority groups (:class:`~amebus.priority.PinHooks`, docs/deployment.md).
     """
 
     stream: ClassVar[str | None] = None
@@ -217,6 +220,7 @@ class Service(metaclass=ServiceMeta):
         from amebus.binding import bind_consumer, check_server, connection_of
         from amebus.catchup import catch_up
         from amebus.gaveup import ensure_gave_up_stream, watch_gave_up
+        from amebus.pinning import for_service
 
         cls = type(self)
         settings = settings_of(cls, overrides)
@@ -247,6 +251,8 @@ class Service(metaclass=ServiceMeta):
         puller = Puller(nc, stream, durable, batch=batch, api_prefix=api_prefix,
                         max_bytes=positive_int(cls, "max_bytes_in_flight",
                                                option["max_bytes_in_flight"]))
+        puller.priority = for_service(self, nc, f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}."
+                                      f"{durable}", option)  # None: no priority group
         warn_slow_pings(nc)
         note_shared_inbox(nc, cls)
         # A message on the server's last delivery goes to the front: run before anything else.
@@ -299,6 +305,8 @@ class Service(metaclass=ServiceMeta):
             await consumer.run_from(puller.next, before_shutdown=stop_pulling)
         finally:
             await stop_tasks(background)
+            if puller.priority is not None:  # handlers are done: a standby may take over
+                await puller.priority.stop(unpin=True)
             if not puller.closed:
                 with contextlib.suppress(Exception):
                     await stop_pulling()

@@ -22,6 +22,7 @@ import attrs
 from amebus._checks import check_options
 from amebus.errors import ConfigurationError
 from amebus.ordering import Key
+from amebus.priority import PRIORITY_OPTIONS, Overflow, check_priority
 from amebus.provision import check_options as check_provision
 from amebus.settlement import RouteStats, Settings
 from amebus.telemetry.observer import check_observer
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 SETTINGS = tuple(f.name for f in attrs.fields(Settings))
 SERVE_OPTIONS = ("stream", "durable", "stream_subjects", "max_ack_pending", "batch",
                  "max_bytes_in_flight", "server_filter", "new_routes", "deliver_policy",
-                 "provision", *SETTINGS, "dead_letter_stream", "key")
+                 "provision", *SETTINGS, "dead_letter_stream", "key", *PRIORITY_OPTIONS)
 """The configuration names ``serve()`` takes (besides ``error_tracer`` and ``observer``)."""
 
 
@@ -72,6 +73,9 @@ class ServeOptions(TypedDict, total=False):
     server_max_deliver: int | None
     dead_letter_stream: str | None
     key: Key | None
+    standby: bool
+    priority_timeout: float
+    overflow: Overflow | None
     error_tracer: ErrorTracer | None
     observer: Observer | None
 
@@ -91,6 +95,7 @@ class ServiceStats:
         dead_connections: connections amebus found dead (no heartbeat, no PONG) and replaced.
         connected: the connection is live now (False while it is lost or being replaced: a
             readiness check can use it).
+        pinned: ``standby``: this instance holds the pin now (the one consuming).
     """
 
     routes: dict[str, RouteStats] = attrs.Factory(dict)
@@ -102,6 +107,7 @@ class ServiceStats:
     disconnects: int = 0
     dead_connections: int = 0
     connected: bool = False
+    pinned: bool = False
 
     def total(self) -> RouteStats:
         """The sum of every route's counters."""
@@ -143,6 +149,7 @@ class ServingState:
         stats.disconnects = puller.health.disconnects
         stats.dead_connections = puller.health.dead_connections
         stats.connected = consumer.nc.is_connected and not puller.health.replacing
+        stats.pinned = puller.priority is not None and puller.priority.pin_id is not None
 
 
 def settings_of(cls: type[Service], overrides: Mapping[str, Any]) -> Settings:
@@ -164,6 +171,8 @@ def settings_of(cls: type[Service], overrides: Mapping[str, Any]) -> Settings:
     check_observer(cls.__name__, overrides.get("observer", cls.observer))
     check_provision(cls.__name__, {name: overrides.get(name, getattr(cls, name))
                                     for name in ("deliver_policy", "provision")})
+    check_priority(cls.__name__, {name: overrides.get(name, getattr(cls, name))
+                                  for name in PRIORITY_OPTIONS})
     values = {name: overrides.get(name, getattr(cls, name)) for name in SETTINGS}
     try:
         check_options({name: overrides.get(name, getattr(cls, name))

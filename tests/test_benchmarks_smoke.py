@@ -48,6 +48,7 @@ def test_quick_benchmark_runs_and_verifies(tmp_path: Path) -> None:
     ("benchmarks.idempotent", "idempotent"),
     ("benchmarks.workers", "ratio 2 workers / 1 worker"),
     ("benchmarks.batches", "ratio batch / per-message (write)"),
+    ("benchmarks.standby", "ratio standby / plain"),
 ])
 def test_other_benchmarks_run(module: str, expected: str) -> None:
     done = subprocess.run([sys.executable, "-m", module, "--quick"], cwd=ROOT,

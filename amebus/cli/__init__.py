@@ -8,6 +8,7 @@
     amebus plan module.path:ServiceClass [--provision MODE]
     amebus pause|resume module.path:ServiceClass [--until TIME]
     amebus reset module.path:ServiceClass --to-seq N | --to-time TIME
+    amebus unpin module.path:ServiceClass
     amebus dlq ls|show|replay|purge [module.path:ServiceClass | --stream NAME] ...
 
 Only the command line (this package) configures logging and installs
@@ -228,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dlq": lambda a: asyncio.run(_cli_dlq.run(a)),
         "plan": lambda a: asyncio.run(_cli_plan.run(a)),
         "permissions": _cli_permissions.run,
-        **dict.fromkeys(("pause", "resume", "reset"),
+        **dict.fromkeys(("pause", "resume", "reset", "unpin"),
                         lambda a: asyncio.run(_cli_control.run(a))),
     }
     try:

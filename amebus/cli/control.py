@@ -1,5 +1,6 @@
-"""``amebus pause | resume | reset module:Service``: stop, restart or move a service's durable
-consumer on the server, for every process serving it at once."""
+"""``amebus pause | resume | reset | unpin module:Service``: stop, restart or move a service's
+durable consumer on the server, for every process serving it at once (``unpin``: hand a
+standby service's pin to another instance)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import argparse
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from amebus import control
+from amebus import control, priority
 from amebus.cli.load import USAGE, CommandError, service_class
 from amebus.cli.ops import parse_time, with_jetstream
 from amebus.cli.plan import add_target
@@ -19,7 +20,7 @@ __all__ = ["add_parsers", "run"]
 
 
 def add_parsers(sub: Any, conn: argparse.ArgumentParser) -> None:
-    """Add ``pause``, ``resume`` and ``reset`` to the ``amebus`` subparsers ``sub``."""
+    """Add ``pause``, ``resume``, ``reset`` and ``unpin`` to the ``amebus`` subparsers."""
     pause = sub.add_parser("pause", parents=[conn], help="stop deliveries to a service's "
                            "durable (nats-server 2.11+)", description="Pause the durable "
                            "consumer: no process serving it gets messages until the deadline "
@@ -38,6 +39,11 @@ def add_parsers(sub: Any, conn: argparse.ArgumentParser) -> None:
     where.add_argument("--to-seq", type=int, metavar="N", help="from stream sequence N")
     where.add_argument("--to-time", metavar="TIME", help="from the first message stored at "
                        "or after TIME (ISO time, or a span before now: 15m, 2h)")
+    unpin = sub.add_parser("unpin", parents=[conn], help="move a standby service's pin to "
+                           "another instance (nats-server 2.11+)", description="Clear the "
+                           "pinned instance of a standby service's durable: the server pins "
+                           "one of the instances pulling (possibly the same one again).")
+    add_target(unpin)
 
 
 def _stamp(when: dt.datetime) -> str:
@@ -59,6 +65,11 @@ async def _control(js: JetStreamContext, args: argparse.Namespace) -> int:
             print(f"paused {stream} > {durable} until {_stamp(state.until)} "
                   f"({max(left, 0):.0f}s from now)")
         return 0
+    if args.command == "unpin":
+        pinned = await priority.unpin(js, stream, durable)
+        print(f"unpinned {stream} > {durable} (pin {pinned})" if pinned else
+              f"{stream} > {durable} had no pinned instance; the next pull is pinned")
+        return 0
     if args.command == "resume":
         await control.resume(js, cls, **where)
         print(f"resumed {stream} > {durable}")
@@ -74,5 +85,5 @@ async def _control(js: JetStreamContext, args: argparse.Namespace) -> int:
 
 
 async def run(args: argparse.Namespace) -> int:
-    """Run ``amebus pause``, ``resume`` or ``reset``."""
+    """Run ``amebus pause``, ``resume``, ``reset`` or ``unpin``."""
     return await with_jetstream(args, f"amebus {args.command}", lambda js: _control(js, args))
