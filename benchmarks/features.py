@@ -80,6 +80,8 @@ VARIANTS: dict[str, Variant] = {
                                "traces recorded", telemetry="tracing_sampled"),
     "idempotent": Variant("Route(idempotent=True): a KV get and put per message",
                           route={"idempotent": True}, reset=_empty_idempotency_bucket),
+    "standby": Variant("standby = True: a pinned instance (priority groups, keep-alive pulls)",
+                       service={"standby": True}),
     "key": Variant("Route(key='order_id'): order per key (at --concurrency 1, its bookkeeping)",
                    route={"key": "order_id"}),
 }
