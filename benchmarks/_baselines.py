@@ -399,6 +399,26 @@ async def faststream_pull(work: Workload, target: Target) -> None:
     await _run_faststream(broker, work, target)
 
 
+async def pulled_orjson(work: Workload, target: Target) -> None:
+    """`pulled`, decoding with orjson + the same cattrs converter (the loop issue 20's audit
+    measured amebus against); unavailable without orjson (the ``bench`` extra)."""
+    try:
+        import orjson
+    except ImportError as error:
+        raise Unavailable(f"orjson not installed ({error})") from error
+
+    def decode_orjson(data: bytes) -> Order:
+        return _converter.structure(orjson.loads(data), Order)
+
+    nc = await _connect(target.url)
+    await nc.jetstream().add_consumer(target.stream, consumer_config(target.durable))
+    await _Puller(nc, work, target, batch=PULL_BATCH, refill_at=PULL_BATCH // 2,
+                  decoder=decode_orjson).start()
+    target.ready()
+    await work.done.wait()
+    await nc.flush()
+
+
 Approach = Callable[[Workload, Target], Awaitable[None]]
 
 APPROACHES: dict[str, Approach] = {
@@ -406,6 +426,7 @@ APPROACHES: dict[str, Approach] = {
     "core_decode": core_decode,
     "push": push,
     "pulled": pulled,
+    "pulled_orjson": pulled_orjson,
     "pulled_msgspec": pulled_msgspec,
     "fetch": fetch,
     "faststream": faststream,

@@ -317,10 +317,11 @@ def _table(runs: list[dict[str, Any]], names: list[str]) -> str:
 
     pulled, core = median_rate("pulled"), median_rate("core")
     by_hand = median_rate("pulled_msgspec")  # the best hand-written loop
+    by_orjson = median_rate("pulled_orjson")  # the loop issue 20's audit measured against
     header = (
         f"{'approach':<16} {'valid':>5} {'min/s':>9} {'median/s':>9} {'max/s':>9} "
         f"{'RSS MiB':>8} {'CPU µs/msg':>10} {'srv µs/msg':>10} {'vs pulled':>9} {'vs core':>8}"
-        f" {'vs msgspec':>10}"
+        f" {'vs msgspec':>10} {'vs orjson':>9}"
     )
     rows = [header, "-" * len(header)]
     for name in names:
@@ -343,10 +344,11 @@ def _table(runs: list[dict[str, Any]], names: list[str]) -> str:
         vs_pulled = f"{median / pulled:.2f}x" if pulled else "-"
         vs_core = f"{median / core:.2f}x" if core else "-"
         vs_msgspec = f"{median / by_hand:.2f}x" if by_hand else "-"
+        vs_orjson = f"{median / by_orjson:.2f}x" if by_orjson else "-"
         rows.append(
             f"{name:<16} {len(valid):>2}/{len(mine):<2} {min(rates):>9,.0f} {median:>9,.0f} "
             f"{max(rates):>9,.0f} {rss:>8.1f} {cpu:>10.1f} {server:>10} {vs_pulled:>9} {vs_core:>8}"
-            f" {vs_msgspec:>10}"
+            f" {vs_msgspec:>10} {vs_orjson:>9}"
         )
     return "\n".join(rows)
 
