@@ -203,9 +203,11 @@ class JetStreamConsumer(Settler):
 
     # -- one message ------------------------------------------------------------------------
 
-    async def handle(self, msg: Msg, slot: Slot | None = None) -> Decision:
-        """Run one message through its handler and settle it; return the decision taken."""
-        handler = self.resolve(msg.subject)
+    async def handle(self, msg: Msg, slot: Slot | None = None, *,
+                     route: Handler | None = None) -> Decision:
+        """Run one message through its handler (``route``: resolved already) and settle it;
+        return the decision taken."""
+        handler = self.resolve(msg.subject) if route is None else route
         if handler is None:
             return await self.unrouted(msg)
         if handler in self.batches:  # collected; settled by its batch's run

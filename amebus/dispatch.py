@@ -96,7 +96,11 @@ class Bound:
             call = handler
         is_async = inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(
             type(call).__call__)
-        arg = self.arg = _argument(route, codec)  # what the handler's first parameter gets
+        arg = _argument(route, codec)  # what the handler's first parameter gets
+        if (route.route.key is not None or getattr(service, "key", None) is not None) and (
+                route.events):
+            arg = Remembered(arg)  # a keyed route: decoded once for the key and the handler
+        self.arg = arg
         self.batch = None if route.route.batch is None else BatchCall(
             route.route.batch, call, arg, route.name)  # run by amebus.batch_runner
         run: Callable[[Msg], Any]
@@ -127,6 +131,32 @@ class Unroutable:
         error = (f"no route of {self.owner} can handle subject {msg.subject!r}: it holds "
                  f"control characters or bytes that are not UTF-8")
         raise NoRouteError(error)
+
+
+class Remembered:
+    """A keyed route's argument: :meth:`keep` decodes a message for its key (amebus.ordering)
+    and keeps the value; the handler's call right after takes it instead of decoding again.
+    Any other message (one parked in between) is decoded anew."""
+
+    __slots__ = ("decode", "msg", "value")
+
+    def __init__(self, decode: Callable[[Msg], Any]) -> None:
+        self.decode = decode
+        self.msg: Msg | None = None
+        self.value: Any = None
+
+    def __call__(self, msg: Msg) -> Any:
+        if msg is self.msg:
+            value = self.value
+            self.msg = self.value = None  # taken once: the next delivery decodes its own
+            return value
+        return self.decode(msg)
+
+    def keep(self, msg: Msg) -> Any:
+        """Decode ``msg`` and keep the value for the handler's call."""
+        value = self.decode(msg)
+        self.msg, self.value = msg, value
+        return value
 
 
 def _argument(route: CompiledRoute, codec: Codec) -> Callable[[Msg], Any]:

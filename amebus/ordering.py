@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from amebus.consumer import JetStreamConsumer
     from amebus.dispatch import Bound
+    from amebus.handlers import Handler
     from amebus.pull import Puller
     from amebus.routes import CompiledRoute
     from amebus.watchdog import Slot
@@ -228,24 +229,28 @@ class KeyOrder:
         handler = consumer.resolve(msg.subject)
         key = None if handler is None else self.key(msg, handler.name)
         if key is None:
-            await consumer.handle(msg, slot)
+            await consumer.handle(msg, slot, route=handler)
             return
         state = self.busy.get(key)
-        seq = reply_meta(msg.reply)[1] if msg.reply else 0
         if state is None:
             state = self.busy[key] = _Key()
         elif state.ready is msg:
             state.ready = None
-        elif not state.running and state.held_seq and seq == state.held_seq:
-            state.running, state.held_seq = True, 0  # the nak'ed message came back
         else:
-            bisect.insort(state.queue, (seq, next(self._arrival), msg), key=lambda e: e[:2])
-            consumer.park(msg)
-            return
+            seq = reply_meta(msg.reply)[1] if msg.reply else 0
+            if not state.running and state.held_seq and seq == state.held_seq:
+                state.running, state.held_seq = True, 0  # the nak'ed message came back
+            else:
+                bisect.insort(state.queue, (seq, next(self._arrival), msg),
+                              key=lambda e: e[:2])
+                consumer.park(msg)
+                return
         next_msg: Msg | None = msg
+        route: Handler | None = handler  # the first message's, resolved above
         while next_msg is not None:
             try:
-                decision = await consumer.handle(next_msg, slot)
+                decision = await consumer.handle(next_msg, slot, route=route)
+                route = None  # the key's next message may be another route's
             except BaseException:
                 state.running = False
                 self._release(consumer, key, state)  # the next one goes to any worker
@@ -304,4 +309,5 @@ class KeyOrder:
 
 
 def _bind(key_of: _KeyOf, arg: Callable[[Msg], Any]) -> Callable[[Msg], Hashable]:
-    return lambda msg: key_of(msg, arg)
+    decode = getattr(arg, "keep", arg)  # dispatch.Remembered: the handler reuses the value
+    return lambda msg: key_of(msg, decode)

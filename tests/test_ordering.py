@@ -41,6 +41,20 @@ async def _noop(msg: Msg) -> None:
     return None
 
 
+_DECODED: Counter[int] = Counter()
+"""How many times each ``Counted`` was made (decoded), by its ``n``."""
+
+
+@attrs.frozen
+class Counted(amebus.Event):
+    subject_pattern = "*.counted.*"
+    customer: str
+    n: int
+
+    def __attrs_post_init__(self) -> None:
+        _DECODED[self.n] += 1
+
+
 def _service(routes: dict[str, Route], **attributes: Any) -> type[Service]:
     return type("Keyed", (Service,), {"stream": "ORDERS", **attributes, **routes})
 
@@ -299,6 +313,29 @@ class TestOrderPerKey:
             for customer in ("c0", "c1", "c2"):
                 got = [n for c, n in seen[route] if c == customer]
                 assert got == sorted(got) and len(got) == 4, (route, customer)
+
+    async def test_an_attribute_key_decodes_each_message_once(self, js: JetStreamContext,
+                                                               space: Space) -> None:
+        decoded = _DECODED
+        decoded.clear()
+        handled: list[int] = []
+
+        async def handle(event: Counted) -> None:
+            await asyncio.sleep(0.005)  # others of the key are parked meanwhile
+            handled.append(event.n)
+
+        service = _service({"a": Route(f"{space.prefix}.counted.*", handle, key="customer")},
+                           stream=space.stream)()
+        async with serving(service, js, **space.options(concurrency=4)):
+            for n in range(20):
+                body = {"customer": f"c{n % 2}", "n": n}
+                await js.publish(space.subject("counted", str(n)), json.dumps(body).encode())
+            await eventually(lambda: len(handled) == 20, timeout=10)
+        # Once for the key and the handler together when it runs at once; a parked message is
+        # decoded again when it starts (another message was decoded in between).
+        assert sorted(handled) == list(range(20))
+        assert all(1 <= decoded[n] <= 2 for n in range(20)), decoded
+        assert decoded[0] == decoded[1] == 1  # each the first of its key: ran at once
 
     async def test_a_termed_message_frees_its_key(self, js: JetStreamContext,
                                                   space: Space) -> None:
