@@ -209,6 +209,7 @@ class Metrics(BaseObserver):
         self.routes: dict[str, _Route] = {}
         self._by_handler: dict[int, _Route] = {}
         self._none = _Route()
+        self._first = ""  # the reply prefix of a first delivery (JetStreamConsumer.first_reply)
 
     def instrument_publishing(self) -> None:
         """Count every publish of this process from now on, serving or not (publishes are
@@ -229,6 +230,7 @@ class Metrics(BaseObserver):
                    f"service its own Metrics (they may share a registry)")
             raise RuntimeError(msg)
         self.serving, self.service = serving, serving.name
+        self._first = getattr(serving.consumer, "first_reply", "")
         for handler in serving.consumer.handlers.values():
             route = self.routes.setdefault(handler.name, _Route())
             self._by_handler[id(handler)] = route
@@ -255,11 +257,15 @@ class Metrics(BaseObserver):
 
     def delivery_started(self, msg: Msg, handler: Handler) -> None:
         """Count the delivery by its number (from the reply subject)."""
-        tokens = msg.reply.split(".")
-        try:
-            deliveries = int(tokens[4] if len(tokens) == 9 else tokens[6])
-        except (IndexError, ValueError):
-            deliveries = 1
+        reply, first = msg.reply, self._first
+        if first and reply.startswith(first):
+            deliveries = 1  # most messages: no split
+        else:
+            tokens = reply.split(".")
+            try:
+                deliveries = int(tokens[4] if len(tokens) == 9 else tokens[6])
+            except (IndexError, ValueError):
+                deliveries = 1
         self._by_handler.get(id(handler), self._none).attempts.observe(deliveries)
 
     def handler_finished(self, msg: Msg, handler: Handler, seconds: float) -> None:
