@@ -57,9 +57,6 @@ class Batches:
                 self.collectors[handler] = _Collector(handler, call)
         self.ended = 0
 
-    def __contains__(self, handler: Handler) -> bool:
-        return handler in self.collectors
-
     def start(self) -> list[Slot]:
         """One runner task per batch route, each in a slot the watchdog watches."""
         self.ended = 0

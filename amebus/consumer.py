@@ -101,6 +101,7 @@ class JetStreamConsumer(Settler):
         batch), by reply subject: kept alive by in-progress signals, given back at shutdown."""
         self._slots: list[Slot] = []
         self.batches = Batches(self)  # the batch routes' collectors (amebus.batch_runner)
+        self.batched = self.batches.collectors  # by handler: empty without batch routes
         self.order = order
 
     # -- running --------------------------------------------------------------------------
@@ -210,7 +211,7 @@ class JetStreamConsumer(Settler):
         handler = self.resolve(msg.subject) if route is None else route
         if handler is None:
             return await self.unrouted(msg)
-        if handler in self.batches:  # collected; settled by its batch's run
+        if self.batched and handler in self.batched:  # collected; settled by its batch's run
             return await self.batches.add(msg, handler)
         if slot is None:
             slot = Slot(task=asyncio.current_task())

@@ -37,6 +37,7 @@ __all__ = ["ACK", "FIRST", "Run", "Settler"]
 log = logging.getLogger("amebus.consumer")
 
 ACK = Decision.ack()
+ACK_REPLY = encode(ACK)  # b"+ACK"
 
 
 @attrs.define
@@ -209,13 +210,19 @@ class Settler:
             self.on_settled(msg)
         if not msg.reply or msg.is_acked:  # not JetStream, or the handler settled it itself
             return
-        if decision.action == "term" and decision.reason:
-            decision = attrs.evolve(decision, reason=one_line(decision.reason))
-        if decision.action != "ack" or log.isEnabledFor(logging.DEBUG):
+        if decision.action == "ack":  # the common case, in fewer steps
+            if log.isEnabledFor(logging.DEBUG):
+                log_settlement(log, msg, decision, handler, returned=self.stopping)
+            if handler is not None:
+                handler.stats.acked += 1
+            data = ACK_REPLY
+        else:
+            if decision.action == "term" and decision.reason:
+                decision = attrs.evolve(decision, reason=one_line(decision.reason))
             log_settlement(log, msg, decision, handler, returned=self.stopping)
-        if handler is not None:
-            handler.stats.count(decision)
-        data = encode(decision)
+            if handler is not None:
+                handler.stats.count(decision)
+            data = encode(decision)
         try:
             # Stopping: give-backs go the old way, kicking the flusher now (one turn sooner).
             if self.stopping or not self.replies.write(msg.reply, data):
