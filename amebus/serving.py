@@ -95,6 +95,7 @@ class ServiceStats:
         dead_connections: connections amebus found dead (no heartbeat, no PONG) and replaced.
         connected: the connection is live now (False while it is lost or being replaced: a
             readiness check can use it).
+        standby: the service serves as active/standby (``standby = True``).
         pinned: ``standby``: this instance holds the pin now (the one consuming).
     """
 
@@ -107,6 +108,7 @@ class ServiceStats:
     disconnects: int = 0
     dead_connections: int = 0
     connected: bool = False
+    standby: bool = False
     pinned: bool = False
 
     def total(self) -> RouteStats:
@@ -149,7 +151,9 @@ class ServingState:
         stats.disconnects = puller.health.disconnects
         stats.dead_connections = puller.health.dead_connections
         stats.connected = consumer.nc.is_connected and not puller.health.replacing
-        stats.pinned = puller.priority is not None and puller.priority.pin_id is not None
+        priority = puller.priority
+        stats.standby = priority is not None and priority.timeout is not None  # pinned client
+        stats.pinned = priority is not None and priority.pin_id is not None
 
 
 def settings_of(cls: type[Service], overrides: Mapping[str, Any]) -> Settings:

@@ -305,6 +305,34 @@ async def test_amebus_unpin_moves_the_pin(js: JetStreamContext, space: Space, na
     assert "has priority policy 'none', so nothing is pinned" in capsys.readouterr().err
 
 
+async def test_amebus_status_shows_which_instance_holds_the_pin(
+        js: JetStreamContext, space: Space, nats_url: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from amebus.cli import main
+    from amebus.telemetry import Discovery
+
+    ledger = Ledger()
+    services = [instance(space, ledger, name) for name in "AB"]
+    command = ["status", "Pinned", "--server", nats_url, "--wait", "0.5"]
+    async with connections(nats_url, 2) as ncs, contextlib.AsyncExitStack() as stack:
+        for service, nc in zip(services, ncs, strict=True):
+            await stack.enter_async_context(serving(service, nc, **space.options(
+                **STANDBY, observer=Discovery("Pinned"))))
+        await publish(js, space, range(5))
+        await eventually(lambda: len(ledger.ids()) == 5, 10, "five handled")
+        holder = await server_pin(js, space)
+        assert await asyncio.to_thread(main, [*command, "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert sorted(row["pinned"] for row in rows) == [False, True], rows
+        assert [pin_of(s) for s in services].count(holder) == 1
+        assert await asyncio.to_thread(main, command) == 0
+        table = capsys.readouterr().out.splitlines()
+        assert table[0].split()[-1] == "PINNED"
+        assert sorted(line.split()[-1] for line in table[1:3]) == ["no", "yes"], table
+
+
 async def test_plan_shows_the_priority_policy_and_refuses_a_change(
         js: JetStreamContext, space: Space) -> None:
     from amebus.plan import plan_service

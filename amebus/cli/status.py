@@ -60,6 +60,7 @@ def _row(stats: dict[str, Any]) -> dict[str, Any]:
         "dead_lettered": total("dead_lettered"),
         "num_pending": consumer.get("num_pending"),
         "num_ack_pending": consumer.get("num_ack_pending"),
+        "pinned": consumer.get("pinned"),  # standby only: holds the pin now
         "endpoints": endpoints,
     }
 
@@ -84,7 +85,7 @@ async def status(args: argparse.Namespace) -> int:
         print(f"no service answered {subject} within {args.wait:g}s")
         return 1
     head = ("NAME", "ID", "VERSION", "STREAM/DURABLE", "ROUTES", "HANDLED", "ACKED", "NAKED",
-            "TERMED", "DEAD-LETTERED", "PENDING", "ACK PENDING")
+            "TERMED", "DEAD-LETTERED", "PENDING", "ACK PENDING", "PINNED")
     table = [head]
     for r in rows:
         where = f"{r['stream']}/{r['durable']}" if r["stream"] else "-"
@@ -92,7 +93,8 @@ async def status(args: argparse.Namespace) -> int:
                for v in (r["num_pending"], r["num_ack_pending"])]
         table.append((r["name"], r["id"], r["version"], where, str(r["routes"]),
                       str(r["handled"]), str(r["acked"]), str(r["naked"]), str(r["termed"]),
-                      str(r["dead_lettered"]), *lag))
+                      str(r["dead_lettered"]), *lag,
+                      "-" if r["pinned"] is None else "yes" if r["pinned"] else "no"))
     widths = [max(len(line[i]) for line in table) for i in range(len(head))]
     for line in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())

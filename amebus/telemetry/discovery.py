@@ -145,7 +145,11 @@ class Discovery(BaseObserver):
             consumer = {"stream": serving.stream, "durable": serving.durable,
                         "num_pending": lag.num_pending, "num_ack_pending": lag.num_ack_pending,
                         "num_redelivered": lag.num_redelivered,
-                        "num_waiting": lag.num_waiting}
+                        "num_waiting": lag.num_waiting,
+                        "pinned": None}  # standby: whether it holds the pin now
+            stats = serving.service.stats
+            if stats.standby:
+                consumer["pinned"] = stats.pinned
             by_name = serving.service.stats.routes
             for route in type(serving.service).routes:
                 counts = by_name[route.name]
