@@ -85,7 +85,7 @@ class JetStreamConsumer(Settler):
         super().__init__(nc, error_tracer, settings or Settings(),
                          owner=type(processor).__name__, skip_unrouted=skip_unrouted,
                          limits=limits, attempts=attempts, observer=observer,
-                         on_settled=on_settled)
+                         on_settled=on_settled, parked=parked)
         resolver = resolver or dispatch_of(processor)
         if resolver is None:
             single = ProcessorHandler(processor)
@@ -96,9 +96,6 @@ class JetStreamConsumer(Settler):
             self.resolve = resolver.resolve
         self.first_reply = first_reply
         self.on_tick = on_tick
-        self.parked: dict[str, Msg] = {} if parked is None else parked
-        """Messages taken and held back unstarted (waiting for their key, or collected into a
-        batch), by reply subject: kept alive by in-progress signals, given back at shutdown."""
         self._slots: list[Slot] = []
         self.batches = Batches(self)  # the batch routes' collectors (amebus.batch_runner)
         self.batched = self.batches.collectors  # by handler: empty without batch routes
@@ -184,23 +181,6 @@ class JetStreamConsumer(Settler):
                     slot.forgive(task)  # a timeout that fired just after its handler finished
                     continue
                 raise
-
-    # -- parked messages ----------------------------------------------------------------------
-
-    def park(self, msg: Msg) -> None:
-        """Hold ``msg`` back unstarted: it counts against the pull window, gets in-progress
-        signals while it waits and is given back (uncounted) if serving stops first."""
-        self.parked[msg.reply] = msg
-
-    def unpark(self, msg: Msg) -> None:
-        """``msg`` starts now (or is settled): it is no longer parked."""
-        self.parked.pop(msg.reply, None)
-
-    async def give_back_parked(self) -> None:
-        """Give back every parked message (serving stops): nak'ed for redelivery, uncounted,
-        in the order they were parked."""
-        while self.parked:
-            await self.give_back(self.parked.pop(next(iter(self.parked))))
 
     # -- one message ------------------------------------------------------------------------
 

@@ -4,7 +4,9 @@ send the decision once.
 :class:`Settler` is the half of :class:`~amebus.consumer.JetStreamConsumer` that comes after
 (or instead of) a handler: the decision itself is :func:`amebus.settlement.decide`, the bytes
 on the wire :func:`amebus.settlement.encode`; this class does the I/O around them (the attempt
-store, the error tracer and observer, the dead-letter copy, the reply).
+store, the error tracer and observer, the dead-letter copy, the reply), and keeps the messages
+parked unstarted (waiting for their key, or collected into a batch) until they start or are
+given back.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ class Settler:
     def __init__(self, nc: Client, error_tracer: ErrorTracer | None, settings: Settings, *,
                  owner: str, skip_unrouted: bool = False, limits: Limits | None = None,
                  attempts: Attempts | None = None, observer: Observer | None = None,
-                 on_settled: Callable[[Msg], None] | None = None) -> None:
+                 on_settled: Callable[[Msg], None] | None = None,
+                 parked: dict[str, Msg] | None = None) -> None:
         self.settings = settings
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
@@ -83,6 +86,9 @@ class Settler:
         """Called with every message :meth:`settle` is given (the pull engine's byte budget)."""
         self.replies = Replies(nc)
         """Writes replies into the client's buffer where it can (else ``nc.publish``)."""
+        self.parked: dict[str, Msg] = {} if parked is None else parked
+        """Messages taken and held back unstarted (waiting for their key, or collected into a
+        batch), by reply subject: kept alive by in-progress signals, given back at shutdown."""
 
     async def begin(self, run: Run) -> None:
         """Number this redelivery's attempt; record it before the handler runs."""
@@ -140,6 +146,21 @@ class Settler:
                 await store.forget(run.seq)
         await self.settle(msg, decision, handler)
         return decision
+
+    def park(self, msg: Msg) -> None:
+        """Hold ``msg`` back unstarted: it counts against the pull window, gets in-progress
+        signals while it waits and is given back (uncounted) if serving stops first."""
+        self.parked[msg.reply] = msg
+
+    def unpark(self, msg: Msg) -> None:
+        """``msg`` starts now (or is settled): it is no longer parked."""
+        self.parked.pop(msg.reply, None)
+
+    async def give_back_parked(self) -> None:
+        """Give back every parked message (serving stops): nak'ed for redelivery, uncounted,
+        in the order they were parked."""
+        while self.parked:
+            await self.give_back(self.parked.pop(next(iter(self.parked))))
 
     async def unrouted(self, msg: Msg) -> Decision:
         """Settle a message no route handles: acked when the consumer takes the whole stream,
