@@ -15,9 +15,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from amebus.batching import BatchCall, Outcome, outcomes_of
-from amebus.errors import AttemptsExhaustedError, HandlerTimeoutError, Nak, Term
-from amebus.settlement import decide, deliveries_of, reply_meta
-from amebus.settler import ACK, FIRST, Run
+from amebus.errors import HandlerTimeoutError, Nak, Term
+from amebus.settler import ACK, Run
 from amebus.tracing import Decision
 from amebus.watchdog import Slot
 
@@ -83,9 +82,9 @@ class Batches:
             value = collector.call.decode(msg)
         except Exception as exc:
             consumer = self.consumer
-            run = await _run_of(consumer, msg)
+            run = await consumer.run_of(msg)
             if run.exhausted:
-                return await _exhausted(consumer, msg, handler, run)
+                return await consumer.exhausted(msg, handler, run)
             decision = await consumer.failed(msg, handler, "pre-process", exc, run)
             await consumer.finish(msg, decision, handler, run)
             return decision
@@ -149,9 +148,10 @@ class Batches:
         batch: list[tuple[Msg, Any, Run]] = []
         try:
             for msg, value, _ in items:
-                run = await _run_of(consumer, msg)
+                run = await consumer.run_of(msg)
                 if run.exhausted:
-                    await _exhausted(consumer, msg, handler, run)
+                    consumer.unpark(msg)
+                    await consumer.exhausted(msg, handler, run)
                 else:
                     batch.append((msg, value, run))
         except asyncio.CancelledError:
@@ -209,41 +209,11 @@ class Batches:
             return [exc] * len(batch)
 
 
-async def _run_of(consumer: JetStreamConsumer, msg: Msg) -> Run:
-    """This delivery's attempt bookkeeping, as ``JetStreamConsumer.handle`` keeps it."""
-    reply, first = msg.reply, consumer.first_reply
-    deliveries = 1 if first and reply.startswith(first) else deliveries_of(reply)
-    if deliveries <= 1:
-        return FIRST
-    run = Run(reply_meta(reply)[1], deliveries)
-    await consumer.begin(run)
-    return run
-
-
-async def _exhausted(consumer: JetStreamConsumer, msg: Msg, handler: Handler,
-                     run: Run) -> Decision:
-    consumer.unpark(msg)
-    spent = AttemptsExhaustedError(f"the handler failed or crashed on {run.attempt} attempts")
-    decision = await consumer.failed(msg, handler, "business", spent, run, "exhausted")
-    await consumer.finish(msg, decision, handler, run)
-    return decision
-
-
 async def _decision(consumer: JetStreamConsumer, msg: Msg, handler: Handler, run: Run,
                     outcome: Outcome | BaseException) -> Decision:
     """One message's settlement by its outcome, as ``handle`` decides a raised one."""
     if outcome is None:
         return ACK
-    limits = consumer.limits
-    if isinstance(outcome, Term):
-        return decide("term", attempt=run.attempt, deliveries=run.deliveries, limits=limits,
-                      error=outcome.reason)
-    if isinstance(outcome, Nak) and not (limits.last_attempt(run.attempt)
-                                         or limits.last_delivery(run.deliveries)):
-        try:  # Nak checks its delay; one changed after it was made is a handler failure
-            return decide("nak", attempt=run.attempt, deliveries=run.deliveries, limits=limits,
-                          delay=outcome.delay)
-        except (TypeError, ValueError) as bad:
-            outcome = bad
-    return await consumer.failed(msg, handler, "business", outcome, run,
-                                 "nak" if isinstance(outcome, Nak) else None)
+    if isinstance(outcome, Nak | Term):
+        return await consumer.signalled(msg, handler, "business", run, outcome)
+    return await consumer.failed(msg, handler, "business", outcome, run)

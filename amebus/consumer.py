@@ -195,19 +195,13 @@ class JetStreamConsumer(Settler):
             return await self.batches.add(msg, handler)
         if slot is None:
             slot = Slot(task=asyncio.current_task())
-        reply = msg.reply
         first = self.first_reply
-        deliveries = 1 if first and reply.startswith(first) else deliveries_of(reply)
-        run = FIRST  # a first delivery: attempt 1, nothing stored, nothing to read
-        if deliveries > 1:  # only a redelivery reads (and writes) its attempt count
-            run = Run(reply_meta(msg.reply)[1], deliveries)
-            await self.begin(run)
+        if first and msg.reply.startswith(first):
+            run = FIRST  # a first delivery: attempt 1, nothing stored, nothing to read
+        else:
+            run = await self.run_of(msg)
             if run.exhausted:
-                spent = AttemptsExhaustedError(
-                    f"the handler failed or crashed on {run.attempt} attempts")
-                decision = await self.failed(msg, handler, "business", spent, run, "exhausted")
-                await self.finish(msg, decision, handler, run)
-                return decision
+                return await self.exhausted(msg, handler, run)
         start = time.monotonic()
         timeout = handler.timeout if handler.timeout is not None else self.settings.timeout
         slot.deadline = start + timeout if timeout is not None else _NEVER
@@ -251,19 +245,8 @@ class JetStreamConsumer(Settler):
                 error = HandlerTimeoutError(f"handler {handler.name} ran past its {timeout}s "
                                             f"timeout and was cancelled")
                 decision = await self.failed(msg, handler, stage, error, run)
-        except Nak as nak:
-            limits = self.limits
-            if limits.last_attempt(run.attempt) or limits.last_delivery(run.deliveries):
-                decision = await self.failed(msg, handler, stage, nak, run, "nak")
-            else:
-                try:  # Nak checks its delay; one changed after raising is a handler failure
-                    decision = decide("nak", attempt=run.attempt, deliveries=run.deliveries,
-                                      limits=limits, delay=nak.delay)
-                except (TypeError, ValueError) as bad:
-                    decision = await self.failed(msg, handler, stage, bad, run)
-        except Term as term:
-            decision = decide("term", attempt=run.attempt, deliveries=run.deliveries,
-                              limits=self.limits, error=term.reason)
+        except (Nak, Term) as signal:
+            decision = await self.signalled(msg, handler, stage, run, signal)
         except BaseException as exc:
             if isinstance(exc, DecodeError | NoRouteError):  # a nested Service's, too
                 stage = "pre-process"
@@ -272,6 +255,40 @@ class JetStreamConsumer(Settler):
             slot.msg = None
         await self.finish(msg, decision, handler, run)
         return decision
+
+    async def run_of(self, msg: Msg) -> Run:
+        """This delivery's attempt bookkeeping: :data:`~amebus.settler.FIRST` for a first
+        delivery; a redelivery reads (and writes) its attempt count."""
+        reply, first = msg.reply, self.first_reply
+        deliveries = 1 if first and reply.startswith(first) else deliveries_of(reply)
+        if deliveries <= 1:
+            return FIRST
+        run = Run(reply_meta(reply)[1], deliveries)
+        await self.begin(run)
+        return run
+
+    async def exhausted(self, msg: Msg, handler: Handler, run: Run) -> Decision:
+        """Settle a redelivery whose attempts are spent, without running its handler."""
+        spent = AttemptsExhaustedError(f"the handler failed or crashed on {run.attempt} attempts")
+        decision = await self.failed(msg, handler, "business", spent, run, "exhausted")
+        await self.finish(msg, decision, handler, run)
+        return decision
+
+    async def signalled(self, msg: Msg, handler: Handler, stage: Stage, run: Run,
+                        signal: Nak | Term) -> Decision:
+        """The decision for a ``Nak`` or ``Term`` a handler raised (or a batch handler
+        returned for one of its messages)."""
+        limits = self.limits
+        if isinstance(signal, Term):
+            return decide("term", attempt=run.attempt, deliveries=run.deliveries,
+                          limits=limits, error=signal.reason)
+        if limits.last_attempt(run.attempt) or limits.last_delivery(run.deliveries):
+            return await self.failed(msg, handler, stage, signal, run, "nak")
+        try:  # Nak checks its delay; one changed after raising is a handler failure
+            return decide("nak", attempt=run.attempt, deliveries=run.deliveries,
+                          limits=limits, delay=signal.delay)
+        except (TypeError, ValueError) as bad:
+            return await self.failed(msg, handler, stage, bad, run)
 
     async def publish_events(self, events: list[Any], msg: Msg | None = None) -> None:
         """Publish a handler's result events, waiting for the stream to store each one; they

@@ -97,8 +97,8 @@ class Bound:
         is_async = inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(
             type(call).__call__)
         arg = _argument(route, codec)  # what the handler's first parameter gets
-        if (route.route.key is not None or getattr(service, "key", None) is not None) and (
-                route.events):
+        if route.events and route.route.batch is None and (
+                route.route.key is not None or getattr(service, "key", None) is not None):
             arg = Remembered(arg)  # a keyed route: decoded once for the key and the handler
         self.arg = arg
         self.batch = None if route.route.batch is None else BatchCall(

@@ -25,6 +25,7 @@ from prometheus_client.utils import floatToGoString
 
 from amebus.errors import HandlerTimeoutError
 from amebus.events import EVENT_TYPE_HEADER
+from amebus.settlement import deliveries_of
 from amebus.telemetry import publishing
 from amebus.telemetry.observer import BaseObserver, Serving
 
@@ -258,14 +259,7 @@ class Metrics(BaseObserver):
     def delivery_started(self, msg: Msg, handler: Handler) -> None:
         """Count the delivery by its number (from the reply subject)."""
         reply, first = msg.reply, self._first
-        if first and reply.startswith(first):
-            deliveries = 1  # most messages: no split
-        else:
-            tokens = reply.split(".")
-            try:
-                deliveries = int(tokens[4] if len(tokens) == 9 else tokens[6])
-            except (IndexError, ValueError):
-                deliveries = 1
+        deliveries = 1 if first and reply.startswith(first) else deliveries_of(reply)
         self._by_handler.get(id(handler), self._none).attempts.observe(deliveries)
 
     def handler_finished(self, msg: Msg, handler: Handler, seconds: float) -> None:
