@@ -18,9 +18,10 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from amebus import _natsio
+from amebus import _natsio, _natsparse
 from amebus._health import ConnectionHealth, consumer_missing
 from amebus.errors import ConfigurationError
 from amebus.pull_budget import PullBudget
@@ -74,16 +75,20 @@ class Puller(PullBudget):
         self._refilling: asyncio.Task[None] | None = None  # a refill that release() started
         self.health = ConnectionHealth(nc, self._next_subject, heartbeat)
         self.priority: PriorityPull | None = None  # a priority group's fields and pin
+        self.direct = False  # the parser delivers the inbox's messages itself
 
     async def start(self) -> None:
         """Subscribe the inbox and issue the first request."""
-        _natsio.install_parser(self._nc)  # hostile subjects reach amebus, not a dead reader
+        _natsparse.install_parser(self._nc)  # hostile subjects reach amebus, not a dead reader
         _natsio.last_error(self._nc)  # start recording why connections are lost
         self._inbox = self._nc.new_inbox()
         subject = self._inbox if self.priority is None else self.priority.subscription(self._inbox)
         # The requests bound what can arrive, so nats-py's slow-consumer limits must not drop.
-        self._sub = await self._nc.subscribe(subject, cb=self._on_msg,
+        self._sub = await self._nc.subscribe(subject, cb=self._on_queued,
                                              pending_msgs_limit=0, pending_bytes_limit=0)
+        # The parser gives the inbox's messages to _on_msg itself (where nats-py allows it):
+        # no Client._process_msg, subscription queue or task step per message.
+        self.direct = _natsparse.deliver_directly(self._nc, self._sub, self._on_msg)
         self._reconnects = self._nc.stats["reconnects"]
         self._last_seen = self._heard = time.monotonic()
         await self.refill()
@@ -118,6 +123,8 @@ class Puller(PullBudget):
         elif self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
+        if self._sub is not None:
+            _natsparse.stop_delivering(self._nc, self._sub)
         left = list(self.buffer)
         self.buffer.clear()
         self._wake()
@@ -178,14 +185,20 @@ class Puller(PullBudget):
             self._sent(want, nbytes, undo=True)
             log.debug("pull request failed: %r", exc)
 
-    async def _on_msg(self, msg: Msg) -> None:
+    async def _on_queued(self, msg: Msg) -> None:
+        """The subscription's callback, where the parser does not deliver directly."""
+        pending = self._on_msg(msg)
+        if pending is not None:
+            await pending
+
+    def _on_msg(self, msg: Msg) -> Awaitable[None] | None:
+        """Take one message from the inbox; a status returns its handling, to be awaited."""
         headers = msg.headers
         if self.priority is not None and self.priority.observe(msg):
-            return  # a keep-alive pull's answer: none of the engine's requests
+            return None  # a keep-alive pull's answer: none of the engine's requests
         if headers and not msg.reply and "Status" in headers:
             self._last_seen = self._heard = time.monotonic()
-            await self._on_status(headers)
-            return
+            return self._on_status(headers)
         if self.pending:
             self.pending -= 1
         self._count_bytes(msg)
@@ -197,6 +210,7 @@ class Puller(PullBudget):
             self.buffer.append(msg)
         if self._waiters:
             self._wake(everyone=False)
+        return None
 
     async def _on_status(self, headers: dict[str, str]) -> None:
         status = headers.get("Status", "")

@@ -1,4 +1,4 @@
-"""amebus._natsio's protocol parser, fed the bytes a server writes, split at every offset.
+"""amebus._natsparse's protocol parser, fed the bytes a server writes, split at every offset.
 
 The real-server tests (test_hostile_subjects.py, test_large_messages.py) show it on the wire;
 here a stream of control lines and messages is cut into two reads at every possible offset,
@@ -13,7 +13,7 @@ import pytest
 from nats.aio.client import Client
 from nats.protocol.parser import Parser
 
-from amebus import _natsio
+from amebus import _natsparse
 
 WIRE = (b"INFO {\"server_id\":\"x\",\"max_payload\":1048576}\r\n"
         b"MSG a.b 1 2\r\nhi\r\n"
@@ -62,7 +62,7 @@ EXPECTED = [
 
 async def _parse(chunks: list[bytes]) -> list[tuple[Any, ...]]:
     recorder = Recorder()
-    assert _natsio.install_parser(recorder)
+    assert _natsparse.install_parser(recorder)
     for chunk in chunks:
         await recorder._ps.parse(chunk)
     return recorder.events
@@ -86,7 +86,7 @@ async def test_installed_on_a_real_client_keeps_its_state() -> None:
     nc = Client()
     parser = nc._ps
     parser.buf.extend(b"MSG a 1 ")
-    assert _natsio.install_parser(nc)
-    assert nc._ps is parser and type(parser) is _natsio._SafeParser
+    assert _natsparse.install_parser(nc)
+    assert nc._ps is parser and type(parser) is _natsparse._SafeParser
     assert bytes(parser.buf) == b"MSG a 1 "
-    assert _natsio.install_parser(nc)  # twice is harmless
+    assert _natsparse.install_parser(nc)  # twice is harmless

@@ -1,0 +1,250 @@
+"""The protocol parser amebus installs on a nats-py client, and direct delivery through it.
+
+Written against nats-py 2.16.0's ``Parser.parse`` (the source of 2.9.0 has the same parser
+class); the rest of the nats-py internals amebus uses are in :mod:`amebus._natsio`.
+
+- :func:`install_parser`: nats-py 2.16's protocol parser splits a ``MSG`` line on any
+  whitespace (a subject with ``\\v`` or ``\\f`` becomes a "malformed MSG" and the connection is
+  dropped, on every redelivery) and decodes subjects strictly (invalid UTF-8 kills the reader
+  task while the client still says it is connected). The replacement splits on space and tab
+  only, as nats-server does, and decodes subjects with ``surrogateescape`` (lossless:
+  ``subject.encode("utf-8", "surrogateescape")`` gives the stored bytes back).
+- :func:`deliver_directly`: the parser hands the messages of one subscription (the pull
+  engine's inbox) to a function itself, as it parses them, instead of through
+  ``Client._process_msg``, the subscription's queue and its task (issue 20's profile: about
+  2 µs a message on nats-py 2.16). What ``_process_msg`` does for such a subscription is done
+  here too: ``stats`` counted, ``sub._received`` counted, headers parsed by the client's own
+  ``_process_headers``, the message built as ``nc.msg_class``, dropped once unsubscribed, and
+  an exception from the function reported to the client's ``error_cb``. Guarded: only on the
+  nats-py versions the settlement replies are tested on (:data:`amebus._natsack.TESTED`), a
+  plain ``Client``, and a subscription with no JetStream context of nats-py's, no request
+  future and no message limit (nats-py's own processing of those is not repeated here).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from amebus import _natsio
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+
+__all__ = ["deliver_directly", "install_parser", "stop_delivering"]
+
+log = logging.getLogger("amebus._natsio")
+
+_ARGS = re.compile(rb"[ \t]+")
+# MSG/HMSG lines split as nats-server writes them: on space or tab (nats-py: any whitespace)
+_MSG = re.compile(rb"MSG[ \t]+([^ \t\r\n]+)[ \t]+(\d+)[ \t]+(?:([^ \t\r\n]+)[ \t]+)?(\d+)\r\n")
+_HMSG = re.compile(rb"HMSG[ \t]+([^ \t\r\n]+)[ \t]+(\d+)[ \t]+(?:([^ \t\r\n]+)[ \t]+)?"
+                   rb"(\d+)[ \t]+(\d+)\r\n")
+
+OnMessage = Callable[["Msg"], "Awaitable[None] | None"]
+"""Takes one message; returns None, or an awaitable the parser awaits before going on."""
+
+
+def install_parser(nc: Client) -> bool:
+    """Replace ``nc``'s protocol parser by one that survives hostile subjects; True if done.
+
+    The parser object keeps its state (a read may be half parsed): only its class changes.
+    """
+    from nats.protocol.parser import Parser
+
+    parser: Any = getattr(nc, "_ps", None)
+    if type(parser) is _SafeParser:
+        return True
+    if type(parser) is not Parser or not _natsio.supported(nc):
+        log.debug("nats-py %s: the hostile-subject parser is not installed", _natsio._version())
+        return False
+    parser.__class__ = _SafeParser
+    installed: Any = parser
+    installed.direct = {}
+    return True
+
+
+def deliver_directly(nc: Client, sub: Subscription, on_msg: OnMessage) -> bool:
+    """Have ``nc``'s parser give ``sub``'s messages to ``on_msg`` as it parses them (in order,
+    with every other message and control line), bypassing the subscription's queue and task;
+    False (nothing changed: the subscription's own callback gets them) where the guard says no.
+    """
+    refused = _direct_refused(nc, sub)
+    if refused is not None:
+        log.debug("messages go through the subscription's queue: %s", refused)
+        return False
+    parser: Any = nc._ps
+    parser.direct[sub._id] = on_msg
+    return True
+
+
+def stop_delivering(nc: Client, sub: Subscription) -> None:
+    """Undo :func:`deliver_directly` (harmless if it was not done)."""
+    direct = getattr(getattr(nc, "_ps", None), "direct", None)
+    if isinstance(direct, dict):
+        direct.pop(getattr(sub, "_id", None), None)
+
+
+def _direct_refused(nc: Any, sub: Any) -> str | None:
+    from nats.aio import client
+
+    from amebus._natsack import TESTED
+
+    version = getattr(client, "__version__", None)
+    if version not in TESTED:
+        return f"nats-py {version!r} is not one of the tested versions {sorted(TESTED)}"
+    if type(nc) is not client.Client or type(getattr(nc, "_ps", None)) is not _SafeParser:
+        return "not a plain nats.aio.client.Client with amebus's parser installed"
+    if not (isinstance(getattr(nc, "_subs", None), dict) and isinstance(nc.stats, dict)
+            and callable(getattr(nc, "_process_headers", None))
+            and callable(getattr(nc, "_error_cb", None)) and callable(nc.msg_class)):
+        return "the client lacks _subs, stats, _process_headers, _error_cb or msg_class"
+    if not (isinstance(getattr(sub, "_id", None), int) and nc._subs.get(sub._id) is sub
+            and isinstance(getattr(sub, "_received", None), int)):
+        return "the subscription is not the client's, or lacks _id or _received"
+    if (getattr(sub, "_jsi", None) is not None or getattr(sub, "_future", None) is not None
+            or getattr(sub, "_max_msgs", 0) != 0):
+        return "the subscription has a JetStream context, a request future or a message limit"
+    return None
+
+
+def _subject(raw: bytes) -> bytes:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return _EscapedSubject(raw)
+    return raw
+
+
+class _EscapedSubject(bytes):
+    """A subject that is not UTF-8: nats-py's ``subject.decode()`` then escapes, not raises."""
+
+    def decode(self, encoding: str = "utf-8", errors: str = "surrogateescape") -> str:
+        return bytes.decode(self, encoding, "surrogateescape")
+
+
+def _make_parser() -> type[Any]:
+    from nats.errors import ProtocolError
+    from nats.protocol import parser as p
+
+    class SafeParser(p.Parser):
+        """nats-py 2.16.0's ``Parser.parse`` with ``MSG``/``HMSG`` lines split as the server
+        writes them (space or tab), non-UTF-8 subjects escaped, and the messages of the
+        subscriptions in ``direct`` given to their function; the rest is unchanged."""
+
+        direct: dict[int, OnMessage]  # by subscription id (set by install_parser)
+
+        async def parse(self, data: bytes = b"") -> None:
+            self.buf.extend(data)
+            while self.buf:
+                if self.state == p.AWAITING_MSG_PAYLOAD:
+                    if len(self.buf) < self.needed + p.CRLF_SIZE:
+                        return
+                    hdr = None
+                    if self.header_needed > 0:
+                        hdr = bytes(self.buf[: self.header_needed])
+                        payload = bytes(self.buf[self.header_needed: self.needed])
+                        self.header_needed = 0
+                    else:
+                        payload = bytes(self.buf[: self.needed])
+                    del self.buf[: self.needed + p.CRLF_SIZE]
+                    self.state = p.AWAITING_CONTROL_LINE
+                    arg = self.msg_arg
+                    deliver = self.direct.get(arg["sid"]) if self.direct else None
+                    if deliver is None:
+                        await self.nc._process_msg(arg["sid"], arg["subject"], arg["reply"],
+                                                   payload, hdr)
+                        continue
+                    nc = self.nc
+                    headers = await nc._process_headers(hdr) if hdr else None
+                    msg = self._message(arg, payload, headers)
+                    if msg is None:
+                        continue  # unsubscribed: dropped, as nats-py does
+                    try:
+                        pending = deliver(msg)
+                        if pending is not None:
+                            await pending
+                    except Exception as exc:  # as a subscription's task reports its callback's
+                        await nc._error_cb(exc)
+                    continue
+                if self.buf[0] == 72:  # "H"
+                    found = _HMSG.match(self.buf)
+                    if found is not None:
+                        subject, sid, reply, header, size = found.groups()
+                        self.header_needed = int(header)
+                else:
+                    found = _MSG.match(self.buf)
+                    if found is not None:
+                        subject, sid, reply, size = found.groups()
+                if found is not None:
+                    self.msg_arg = {"subject": subject if subject.isascii() else
+                                    _subject(subject), "sid": int(sid), "reply": reply or b""}
+                    self.needed = int(size)
+                    self.state = p.AWAITING_MSG_PAYLOAD
+                    del self.buf[: found.end()]
+                    continue
+                if self.buf.startswith((b"MSG ", b"MSG\t", b"HMSG ", b"HMSG\t")):
+                    end = self.buf.find(b"\r\n")
+                    if end < 0:
+                        return  # a split buffer: wait for the rest of the line
+                    self._msg_line(bytes(self.buf[:end]))  # malformed: raises
+                    del self.buf[: end + 2]
+                    continue
+                if not await self._other():
+                    return
+
+        def _message(self, arg: dict[str, Any], payload: bytes,
+                     headers: dict[str, str] | None) -> Msg | None:
+            """What ``Client._process_msg`` counts and builds for a subscription without a
+            JetStream context, request future or message limit (None: unsubscribed)."""
+            nc, sid = self.nc, arg["sid"]
+            stats = nc.stats
+            stats["in_msgs"] += 1
+            stats["in_bytes"] += len(payload)
+            sub = nc._subs.get(sid)
+            if sub is None:
+                return None
+            sub._received += 1
+            reply = arg["reply"]
+            msg: Msg = nc.msg_class(subject=arg["subject"].decode(),
+                                    reply=reply.decode() if reply.isascii() else
+                                    reply.decode("utf-8", "surrogateescape"),
+                                    data=payload, headers=headers, _client=nc, _sid=sid)
+            return msg
+
+        def _msg_line(self, line: bytes) -> None:
+            args = _ARGS.split(line.strip(b" \t"))
+            try:
+                if args[0] == b"HMSG":
+                    args, self.header_needed = args[:-2] + args[-1:], int(args[-2])
+                if len(args) not in (4, 5):
+                    raise ValueError(line)
+                subject, sid, size = args[1], int(args[2]), int(args[-1])
+                reply = args[3] if len(args) == 5 else b""
+            except (ValueError, IndexError):
+                raise ProtocolError("nats: malformed MSG") from None
+            self.msg_arg = {"subject": _subject(subject), "sid": sid, "reply": reply}
+            self.needed = size
+            self.state = p.AWAITING_MSG_PAYLOAD
+
+        async def _other(self) -> bool:
+            """The original parser for one non-MSG line; False when it needs more bytes."""
+            before = len(self.buf)
+            end = self.buf.find(b"\r\n")
+            if end < 0:
+                return False
+            pending, self.buf = self.buf[end + 2:], self.buf[: end + 2]
+            try:
+                await p.Parser.parse(self)  # +OK, -ERR, PING, PONG, INFO, or "unknown"
+            finally:
+                self.buf.extend(pending)
+            return len(self.buf) < before
+
+    return SafeParser
+
+
+_SafeParser: type[Any] = _make_parser()
