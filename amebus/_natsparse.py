@@ -127,6 +127,40 @@ class _EscapedSubject(bytes):
         return bytes.decode(self, encoding, "surrogateescape")
 
 
+def _fields(buf: bytearray) -> tuple[bytes, bytes, bytes, bytes, bytes, int] | None:
+    """``(subject, sid, reply, header size, size, end)`` of a whole ``MSG``/``HMSG`` line at the
+    start of ``buf`` as nats-server writes it (one space apart, no tab), split without a
+    regex; None for anything else (a split buffer, a tab, another line): the regexes decide."""
+    if buf.startswith(b"MSG "):
+        start, parts = 4, (4, 3)
+    elif buf.startswith(b"HMSG "):
+        start, parts = 5, (5, 4)
+    else:
+        return None
+    end = buf.find(b"\r\n", start)
+    if end < 0:
+        return None
+    line = bytes(buf[start:end])
+    if b"\t" in line:
+        return None
+    tokens = line.split(b" ")
+    count = len(tokens)
+    if count == parts[0]:  # with a reply
+        subject, sid, reply, *sizes = tokens
+        if not reply:
+            return None
+    elif count == parts[1]:
+        subject, sid, *sizes = tokens
+        reply = b""
+    else:
+        return None
+    header = sizes[0] if len(sizes) == 2 else b"0"
+    size = sizes[-1]
+    if not subject or not sid.isdigit() or not size.isdigit() or not header.isdigit():
+        return None
+    return subject, sid, reply, header, size, end + 2
+
+
 def _make_parser() -> type[Any]:
     from nats.errors import ProtocolError
     from nats.protocol import parser as p
@@ -171,21 +205,27 @@ def _make_parser() -> type[Any]:
                     except Exception as exc:  # as a subscription's task reports its callback's
                         await nc._error_cb(exc)
                     continue
-                if self.buf[0] == 72:  # "H"
+                fields = _fields(self.buf)  # the common lines, without a regex
+                if fields is not None:
+                    subject, sid, reply, header, size, end = fields
+                    found: Any = True
+                elif self.buf[0] == 72:  # "H"
                     found = _HMSG.match(self.buf)
                     if found is not None:
                         subject, sid, reply, header, size = found.groups()
-                        self.header_needed = int(header)
+                        end = found.end()
                 else:
                     found = _MSG.match(self.buf)
                     if found is not None:
                         subject, sid, reply, size = found.groups()
+                        header, end = b"0", found.end()
                 if found is not None:
                     self.msg_arg = {"subject": subject if subject.isascii() else
                                     _subject(subject), "sid": int(sid), "reply": reply or b""}
+                    self.header_needed = int(header)
                     self.needed = int(size)
                     self.state = p.AWAITING_MSG_PAYLOAD
-                    del self.buf[: found.end()]
+                    del self.buf[:end]
                     continue
                 if self.buf.startswith((b"MSG ", b"MSG\t", b"HMSG ", b"HMSG\t")):
                     end = self.buf.find(b"\r\n")

@@ -253,7 +253,10 @@ class JetStreamConsumer(Settler):
             decision = await self.failed(msg, handler, stage, exc, run)
         finally:
             slot.msg = None
-        await self.finish(msg, decision, handler, run)
+        if decision is ACK and not run.stored:  # nothing recorded to forget: settle at once
+            await self.settle(msg, ACK, handler)
+        else:
+            await self.finish(msg, decision, handler, run)
         return decision
 
     async def run_of(self, msg: Msg) -> Run:

@@ -145,8 +145,10 @@ class Puller(PullBudget):
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
                 raise
-        msg = self.buffer.popleft()
-        if self.pending + self.waiting <= self.limit // 2 and not self.closed:
+        buffer = self.buffer
+        msg = buffer.popleft()
+        if (self.pending + len(buffer) + len(self.parked) <= self.limit // 2
+                and not self.closed):
             await self.refill()  # half the count window is free: sent if the bytes allow
         return msg
 
@@ -163,7 +165,8 @@ class Puller(PullBudget):
         """``msg`` is settled: its bytes leave the budget (once; unknown messages are ignored)."""
         if not self._settled(msg):
             return
-        if (self.pending + self.waiting <= self.limit // 2 and not self.closed
+        if (self.pending + len(self.buffer) + len(self.parked) <= self.limit // 2
+                and not self.closed
                 and self._due()[0] and self._refilling is None):
             self._refilling = asyncio.get_running_loop().create_task(self.refill())
             self._refilling.add_done_callback(lambda _: setattr(self, "_refilling", None))

@@ -58,9 +58,14 @@ async def test_pause_holds_both_processes_until_the_deadline(
             deadline = dt.datetime.fromisoformat(info.config.pause_until.replace("Z", "+00:00"))
             for n in range(20):
                 await js.publish(f"stamp.{n}", str(n).encode())
-            info = await js.consumer_info("STAMP", "stamped")
+
+            async def held() -> bool:  # the server's count can lag the 20th store a moment
+                info = await js.consumer_info("STAMP", "stamped")
+                return bool(info.paused and info.num_pending == 20 and not info.num_ack_pending)
+
+            await eventually(held, 1.0, what="20 pending, none delivered, while paused")
             assert dt.datetime.now(dt.UTC) < deadline, "the test was too slow to observe"
-            assert info.paused and info.num_pending == 20 and lines(out) == []
+            assert lines(out) == []
             await eventually(lambda: len(lines(out)) >= 20, 15, what="20 handled")
             await eventually(lambda: _idle(js), what="settled")
         handled = lines(out)

@@ -142,10 +142,9 @@ async def test_stopped_delivery_goes_through_the_queue_again(nc: Client, space: 
     direct: list[bytes] = []
     assert _natsparse.deliver_directly(nc, sub, lambda msg: direct.append(msg.data))
     await nc.publish(space.subject("core"), b"a")
-    await nc.flush()
+    await eventually(lambda: direct == [b"a"])
     _natsparse.stop_delivering(nc, sub)
     await nc.publish(space.subject("core"), b"b")
-    await nc.flush()
     await eventually(lambda: [m.data for m in queued] == [b"b"])
     assert direct == [b"a"]
     await sub.unsubscribe()

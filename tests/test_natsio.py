@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from nats.aio.client import Client
 from nats.protocol.parser import Parser
 
@@ -90,3 +92,73 @@ async def test_installed_on_a_real_client_keeps_its_state() -> None:
     assert nc._ps is parser and type(parser) is _natsparse._SafeParser
     assert bytes(parser.buf) == b"MSG a 1 "
     assert _natsparse.install_parser(nc)  # twice is harmless
+
+
+# -- the MSG/HMSG lines split without a regex (amebus._natsparse._fields) --------------------
+
+_NAME = st.sampled_from([b"orders.created.o1", b"$JS.ACK.S.d.1.2.3.1764880000000000000.0",
+                         b"a\tb", b"a\x0bb", b"\xff\xfe", b"a\rb", b"a\nb", b"", b"7"])
+_NUMBER = st.sampled_from([b"0", b"12", b"", b"x", b"1\t2", b"+1", b"1_0", b"\xd9\xa1"])
+_SEP = st.sampled_from([b" "] * 6 + [b"  ", b"\t", b" \t"])
+
+
+@st.composite
+def _lines(draw: st.DrawFn) -> bytes:
+    """MSG/HMSG-like lines: the server's shape, with tokens and separators that may be odd."""
+    verb = draw(st.sampled_from([b"MSG", b"HMSG"] * 3 + [b"MSGX", b"PUB"]))
+    tokens = [draw(_NAME), draw(_NUMBER)]
+    if draw(st.booleans()):
+        tokens.append(draw(_NAME))
+    sizes = 2 if verb == b"HMSG" else 1
+    tokens += [draw(_NUMBER) for _ in range(draw(st.sampled_from([sizes] * 4 + [1, 2, 3])))]
+    line = verb
+    for token in tokens:
+        line += draw(_SEP) + token
+    return line + b"\r\n" + draw(st.sampled_from([b"", b"payload\r\n", b"MSG a 1 0\r\n"]))
+
+
+async def _read(line: bytes, *, split: bool) -> tuple[Any, ...]:
+    """The parser's state after reading ``line`` (with the split, or with the regexes only)."""
+    recorder = Recorder()
+    assert _natsparse.install_parser(recorder)
+    fields = _natsparse._fields
+    if not split:
+        _natsparse._fields = lambda buf: None  # type: ignore[assignment]
+    try:
+        await recorder._ps.parse(line)
+    except Exception as error:
+        return ("raised", type(error), str(error))
+    finally:
+        _natsparse._fields = fields
+    parser = recorder._ps
+    return (parser.state, parser.msg_arg if parser.state != 0 else None, parser.needed,
+            parser.header_needed, bytes(parser.buf), recorder.events)
+
+
+@settings(max_examples=1000)
+@given(_lines())
+@example(b"HMSG a 1 x 2\r\n")  # a header size that is not a number
+@example(b"HMSG a 1  2\r\n")  # two spaces: an empty token
+@example(b"MSG a x 2\r\n")  # a sid that is not a number
+@example(b"MSG a\tb 1 2\r\n")  # a tab: the server's other separator
+@example(b"MSG a 1 +2\r\n")  # int() takes a sign; the regex does not
+async def test_split_lines_read_as_the_regexes_read_them(line: bytes) -> None:
+    """The parser reads every line the same with the split as with its regexes alone (and the
+    malformed-line path after them)."""
+    assert await _read(line, split=True) == await _read(line, split=False)
+
+
+@given(st.sampled_from([b"MSG", b"HMSG"]), st.binary(min_size=1, max_size=40),
+       st.integers(0, 2**31), st.one_of(st.none(), st.binary(min_size=1, max_size=80)),
+       st.integers(0, 9), st.integers(0, 2**20))
+def test_lines_as_the_server_writes_them_are_split(
+        verb: bytes, subject: bytes, sid: int, reply: bytes | None, header: int,
+        size: int) -> None:
+    subject = subject.translate(None, b" \t\r\n") or b"s"
+    reply = reply.translate(None, b" \t\r\n") if reply is not None else None
+    tokens = [subject, b"%d" % sid, *([reply] if reply else []),
+              *([b"%d" % header] if verb == b"HMSG" else []), b"%d" % size]
+    line = bytearray(verb + b" " + b" ".join(tokens) + b"\r\n")
+    assert _natsparse._fields(line) == (subject, b"%d" % sid, reply or b"",
+                                        b"%d" % header if verb == b"HMSG" else b"0",
+                                        b"%d" % size, len(line))
