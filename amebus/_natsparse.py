@@ -11,14 +11,15 @@ class); the rest of the nats-py internals amebus uses are in :mod:`amebus._natsi
   ``subject.encode("utf-8", "surrogateescape")`` gives the stored bytes back).
 - :func:`deliver_directly`: the parser hands the messages of one subscription (the pull
   engine's inbox) to a function itself, as it parses them, instead of through
-  ``Client._process_msg``, the subscription's queue and its task (issue 20's profile: about
-  2 µs a message on nats-py 2.16). What ``_process_msg`` does for such a subscription is done
+  ``Client._process_msg``, the subscription's queue and its task (issue 20's profile:
+  about 2 µs a message on nats-py 2.16). What ``_process_msg`` does for such a subscription is done
   here too: ``stats`` counted, ``sub._received`` counted, headers parsed by the client's own
-  ``_process_headers``, the message built as ``nc.msg_class``, dropped once unsubscribed, and
-  an exception from the function reported to the client's ``error_cb``. Guarded: only on the
-  nats-py versions the settlement replies are tested on (:data:`amebus._natsack.TESTED`), a
-  plain ``Client``, and a subscription with no JetStream context of nats-py's, no request
-  future and no message limit (nats-py's own processing of those is not repeated here).
+  ``_process_headers``, the message built as nats-py's ``Msg`` (the guard wants it as
+  ``nc.msg_class``), dropped once unsubscribed, and an exception from the function reported to
+  the client's ``error_cb``. Guarded: only on the nats-py versions the settlement replies are
+  tested on (:data:`amebus._natsack.TESTED`), a plain ``Client``, and a subscription with no
+  JetStream context of nats-py's, no request future and no message limit (nats-py's own
+  processing of those is not repeated here).
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ _ARGS = re.compile(rb"[ \t]+")
 _MSG = re.compile(rb"MSG[ \t]+([^ \t\r\n]+)[ \t]+(\d+)[ \t]+(?:([^ \t\r\n]+)[ \t]+)?(\d+)\r\n")
 _HMSG = re.compile(rb"HMSG[ \t]+([^ \t\r\n]+)[ \t]+(\d+)[ \t]+(?:([^ \t\r\n]+)[ \t]+)?"
                    rb"(\d+)[ \t]+(\d+)\r\n")
+# The same, one space apart as the server writes them: tried first, as [ \t]+ costs 0.8 µs
+_MSG_SPACED = re.compile(rb"MSG ([^ \t\r\n]+) (\d+) (?:([^ \t\r\n]+) )?(\d+)\r\n")
+_HMSG_SPACED = re.compile(rb"HMSG ([^ \t\r\n]+) (\d+) (?:([^ \t\r\n]+) )?(\d+) (\d+)\r\n")
+
+_FIELDS = ("_client", "subject", "reply", "data", "headers", "_metadata", "_ackd", "_sid")
 
 OnMessage = Callable[["Msg"], "Awaitable[None] | None"]
 """Takes one message; returns None, or an awaitable the parser awaits before going on."""
@@ -101,8 +107,12 @@ def _direct_refused(nc: Any, sub: Any) -> str | None:
         return "not a plain nats.aio.client.Client with amebus's parser installed"
     if not (isinstance(getattr(nc, "_subs", None), dict) and isinstance(nc.stats, dict)
             and callable(getattr(nc, "_process_headers", None))
-            and callable(getattr(nc, "_error_cb", None)) and callable(nc.msg_class)):
-        return "the client lacks _subs, stats, _process_headers, _error_cb or msg_class"
+            and callable(getattr(nc, "_error_cb", None))):
+        return "the client lacks _subs, stats, _process_headers or _error_cb"
+    from nats.aio.msg import Msg
+
+    if nc.msg_class is not Msg or tuple(getattr(Msg, "__dataclass_fields__", ())) != _FIELDS:
+        return "the client's msg_class is not nats-py's Msg with the fields amebus builds"
     if not (isinstance(getattr(sub, "_id", None), int) and nc._subs.get(sub._id) is sub
             and isinstance(getattr(sub, "_received", None), int)):
         return "the subscription is not the client's, or lacks _id or _received"
@@ -127,43 +137,12 @@ class _EscapedSubject(bytes):
         return bytes.decode(self, encoding, "surrogateescape")
 
 
-def _fields(buf: bytearray) -> tuple[bytes, bytes, bytes, bytes, bytes, int] | None:
-    """``(subject, sid, reply, header size, size, end)`` of a whole ``MSG``/``HMSG`` line at the
-    start of ``buf`` as nats-server writes it (one space apart, no tab), split without a
-    regex; None for anything else (a split buffer, a tab, another line): the regexes decide."""
-    if buf.startswith(b"MSG "):
-        start, parts = 4, (4, 3)
-    elif buf.startswith(b"HMSG "):
-        start, parts = 5, (5, 4)
-    else:
-        return None
-    end = buf.find(b"\r\n", start)
-    if end < 0:
-        return None
-    line = bytes(buf[start:end])
-    if b"\t" in line:
-        return None
-    tokens = line.split(b" ")
-    count = len(tokens)
-    if count == parts[0]:  # with a reply
-        subject, sid, reply, *sizes = tokens
-        if not reply:
-            return None
-    elif count == parts[1]:
-        subject, sid, *sizes = tokens
-        reply = b""
-    else:
-        return None
-    header = sizes[0] if len(sizes) == 2 else b"0"
-    size = sizes[-1]
-    if not subject or not sid.isdigit() or not size.isdigit() or not header.isdigit():
-        return None
-    return subject, sid, reply, header, size, end + 2
-
-
 def _make_parser() -> type[Any]:
+    from nats.aio.msg import Msg as message
     from nats.errors import ProtocolError
     from nats.protocol import parser as p
+
+    payload_state, control_state = p.AWAITING_MSG_PAYLOAD, p.AWAITING_CONTROL_LINE
 
     class SafeParser(p.Parser):
         """nats-py 2.16.0's ``Parser.parse`` with ``MSG``/``HMSG`` lines split as the server
@@ -173,88 +152,91 @@ def _make_parser() -> type[Any]:
         direct: dict[int, OnMessage]  # by subscription id (set by install_parser)
 
         async def parse(self, data: bytes = b"") -> None:
-            self.buf.extend(data)
-            while self.buf:
-                if self.state == p.AWAITING_MSG_PAYLOAD:
-                    if len(self.buf) < self.needed + p.CRLF_SIZE:
+            buf = self.buf
+            buf.extend(data)
+            pos = 0  # parsed up to here: cut from the buffer once, when this call returns
+            try:
+                while pos < len(buf):
+                    if self.state == payload_state:  # its line was read earlier
+                        arg = self.msg_arg
+                        subject, sid, reply, start = arg["subject"], arg["sid"], arg["reply"], pos
+                    else:
+                        headed = buf[pos] == 72  # "H"
+                        found = (_HMSG_SPACED if headed else _MSG_SPACED).match(buf, pos) or (
+                            _HMSG if headed else _MSG).match(buf, pos)
+                        if found is None:
+                            if buf.startswith((b"MSG ", b"MSG\t", b"HMSG ", b"HMSG\t"), pos):
+                                end = buf.find(b"\r\n", pos)
+                                if end < 0:
+                                    return  # a split buffer: wait for the rest of the line
+                                self._msg_line(bytes(buf[pos:end]))  # malformed: raises
+                                pos = end + 2
+                                continue
+                            del buf[:pos]
+                            pos = 0
+                            done = await self._other()
+                            buf = self.buf  # _other() leaves a new buffer behind
+                            if not done:
+                                return
+                            continue
+                        if headed:
+                            subject, sid, reply, header, size = found.groups()
+                            self.header_needed = int(header)
+                        else:
+                            subject, sid, reply, size = found.groups()
+                        if not subject.isascii():
+                            subject = _subject(subject)
+                        sid, reply, start = int(sid), reply or b"", found.end()
+                        self.needed = int(size)
+                    needed = self.needed
+                    if len(buf) - start < needed + 2:  # the payload is not all here yet
+                        if self.state != payload_state:
+                            self.msg_arg = {"subject": subject, "sid": sid, "reply": reply}
+                            self.state = payload_state
+                        pos = start
                         return
-                    hdr = None
-                    if self.header_needed > 0:
-                        hdr = bytes(self.buf[: self.header_needed])
-                        payload = bytes(self.buf[self.header_needed: self.needed])
+                    header_needed = self.header_needed
+                    if header_needed > 0:
+                        hdr = bytes(buf[start: start + header_needed])
+                        payload = bytes(buf[start + header_needed: start + needed])
                         self.header_needed = 0
                     else:
-                        payload = bytes(self.buf[: self.needed])
-                    del self.buf[: self.needed + p.CRLF_SIZE]
-                    self.state = p.AWAITING_CONTROL_LINE
-                    arg = self.msg_arg
-                    deliver = self.direct.get(arg["sid"]) if self.direct else None
+                        hdr, payload = None, bytes(buf[start: start + needed])
+                    pos = start + needed + 2
+                    self.state = control_state
+                    deliver = self.direct.get(sid) if self.direct else None
                     if deliver is None:
-                        await self.nc._process_msg(arg["sid"], arg["subject"], arg["reply"],
-                                                   payload, hdr)
-                        continue
-                    nc = self.nc
-                    headers = await nc._process_headers(hdr) if hdr else None
-                    msg = self._message(arg, payload, headers)
-                    if msg is None:
-                        continue  # unsubscribed: dropped, as nats-py does
-                    try:
-                        pending = deliver(msg)
-                        if pending is not None:
-                            await pending
-                    except Exception as exc:  # as a subscription's task reports its callback's
-                        await nc._error_cb(exc)
-                    continue
-                fields = _fields(self.buf)  # the common lines, without a regex
-                if fields is not None:
-                    subject, sid, reply, header, size, end = fields
-                    found: Any = True
-                elif self.buf[0] == 72:  # "H"
-                    found = _HMSG.match(self.buf)
-                    if found is not None:
-                        subject, sid, reply, header, size = found.groups()
-                        end = found.end()
-                else:
-                    found = _MSG.match(self.buf)
-                    if found is not None:
-                        subject, sid, reply, size = found.groups()
-                        header, end = b"0", found.end()
-                if found is not None:
-                    self.msg_arg = {"subject": subject if subject.isascii() else
-                                    _subject(subject), "sid": int(sid), "reply": reply or b""}
-                    self.header_needed = int(header)
-                    self.needed = int(size)
-                    self.state = p.AWAITING_MSG_PAYLOAD
-                    del self.buf[:end]
-                    continue
-                if self.buf.startswith((b"MSG ", b"MSG\t", b"HMSG ", b"HMSG\t")):
-                    end = self.buf.find(b"\r\n")
-                    if end < 0:
-                        return  # a split buffer: wait for the rest of the line
-                    self._msg_line(bytes(self.buf[:end]))  # malformed: raises
-                    del self.buf[: end + 2]
-                    continue
-                if not await self._other():
-                    return
+                        await self.nc._process_msg(sid, subject, reply, payload, hdr)
+                    else:
+                        await self._deliver(deliver, sid, subject, reply, payload, hdr)
+                    if self.buf is not buf:  # reset while awaiting (a reconnect)
+                        buf, pos = self.buf, 0
+            finally:
+                if pos:
+                    del buf[:pos]
 
-        def _message(self, arg: dict[str, Any], payload: bytes,
-                     headers: dict[str, str] | None) -> Msg | None:
-            """What ``Client._process_msg`` counts and builds for a subscription without a
-            JetStream context, request future or message limit (None: unsubscribed)."""
-            nc, sid = self.nc, arg["sid"]
+        async def _deliver(self, deliver: OnMessage, sid: int, subject: bytes, reply: bytes,
+                           payload: bytes, hdr: bytes | None) -> None:
+            """What ``Client._process_msg`` does for a subscription without a JetStream
+            context, request future or message limit, then ``deliver(msg)``."""
+            nc = self.nc
             stats = nc.stats
             stats["in_msgs"] += 1
             stats["in_bytes"] += len(payload)
             sub = nc._subs.get(sid)
             if sub is None:
-                return None
+                return  # unsubscribed: dropped, as nats-py does
             sub._received += 1
-            reply = arg["reply"]
-            msg: Msg = nc.msg_class(subject=arg["subject"].decode(),
-                                    reply=reply.decode() if reply.isascii() else
-                                    reply.decode("utf-8", "surrogateescape"),
-                                    data=payload, headers=headers, _client=nc, _sid=sid)
-            return msg
+            headers = await nc._process_headers(hdr) if hdr else None
+            msg = message(nc, subject.decode(), reply.decode() if reply.isascii() else
+                          reply.decode("utf-8", "surrogateescape"), payload, headers, None,
+                          False, sid)  # Msg's fields in order (checked by the guard)
+            try:
+                pending = deliver(msg)
+                if pending is not None:
+                    await pending
+            except Exception as exc:  # as a subscription's task reports its callback's
+                await nc._error_cb(exc)
 
         def _msg_line(self, line: bytes) -> None:
             args = _ARGS.split(line.strip(b" \t"))
