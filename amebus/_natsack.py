@@ -16,8 +16,8 @@ The guard (nats-py has no public call for this):
   was read and whose tests ran), and only when the client is a plain ``nats.aio.client.Client``
   (``publish`` not overridden) whose private attributes have the expected types;
 - per reply, only while the client is ``CONNECTED`` (not connecting, reconnecting, draining or
-  closed), its flusher task runs, the reply has no space, tab, CR or LF (what nats-py 2.16
-  refuses in a subject) and the command fits the pending-buffer limit and ``max_payload``.
+  closed), its flusher task runs, the reply is printable with no space (so no tab, CR or LF:
+  what nats-py 2.16 refuses in a subject) and the command fits the pending-buffer limit and ``max_payload``.
 
 Where the guard fails, :meth:`Replies.write` returns False and the caller awaits
 ``nc.publish`` as before: a reply sent while reconnecting is buffered or refused exactly as
@@ -99,8 +99,9 @@ class Replies:
         nc: Any = self.nc
         if nc._status != 1:
             return False  # not CONNECTED: reconnecting, draining or closed
-        if not reply or " " in reply or "\t" in reply or "\r" in reply or "\n" in reply:
-            return False  # what nats-py 2.16 refuses in a subject (a protocol injection)
+        if not reply or " " in reply or not reply.isprintable():
+            return False  # a space, tab, CR or LF: what nats-py 2.16 refuses in a subject (a
+            # protocol injection); other unprintables go through nc.publish too
         flusher = nc._flusher_task
         if flusher is None or flusher.done():
             return False  # nats-py flushes inline then

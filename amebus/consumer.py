@@ -118,15 +118,19 @@ class JetStreamConsumer(Settler):
         await self.run_from(take)
 
     async def run_from(self, take: Callable[[], Awaitable[Msg | None]], *,
-                       before_shutdown: Callable[[], Awaitable[None]] | None = None) -> None:
+                       before_shutdown: Callable[[], Awaitable[None]] | None = None,
+                       take_now: Callable[[], Msg | None] | None = None) -> None:
         """Like :meth:`run`, with ``take()`` returning the next message or None at the end.
 
-        ``before_shutdown`` runs first when cancelled (the pull engine stops pulling there).
+        ``before_shutdown`` runs first when cancelled (the pull engine stops pulling there);
+        ``take_now()``, where given, returns a message without awaiting, or None to await
+        ``take()`` (the pull engine's buffer).
         """
         self._slots = [Slot() for _ in range(self.settings.concurrency)]
-        take = take if self.order is None else self.order.taking(take, self)
+        if self.order is not None:
+            take, take_now = self.order.taking(take, self), None
         for index, slot in enumerate(self._slots):
-            slot.task = asyncio.create_task(self._worker(slot, take),
+            slot.task = asyncio.create_task(self._worker(slot, take, take_now),
                                             name=f"amebus-worker-{index}")
         self._slots += self.batches.start()  # a runner per batch route, watched like a worker
         watchdog = asyncio.create_task(self._watchdog(), name="amebus-watchdog")
@@ -166,10 +170,13 @@ class JetStreamConsumer(Settler):
                 task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
 
-    async def _worker(self, slot: Slot, take: Callable[[], Awaitable[Msg | None]]) -> None:
+    async def _worker(self, slot: Slot, take: Callable[[], Awaitable[Msg | None]],
+                      take_now: Callable[[], Msg | None] | None = None) -> None:
         while not self.stopping:
             try:
-                msg = await take()
+                msg = take_now() if take_now is not None else None
+                if msg is None:
+                    msg = await take()
                 if msg is None:
                     self.batches.end()  # collected batches run now
                     return

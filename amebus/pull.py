@@ -152,6 +152,14 @@ class Puller(PullBudget):
             await self.refill()  # half the count window is free: sent if the bytes allow
         return msg
 
+    def take_now(self) -> Msg | None:
+        """The next buffered message, where :meth:`next` would neither wait nor refill (None:
+        call :meth:`next`)."""
+        buffer = self.buffer
+        if buffer and self.pending + len(buffer) + len(self.parked) > self.limit // 2 + 1:
+            return buffer.popleft()
+        return None
+
     def put_back(self, msg: Msg) -> bool:
         """Put a message taken earlier (a parked one free to start) at the front of the
         buffer and wake a worker; False once stopped (the caller keeps it)."""
