@@ -17,7 +17,8 @@ The guard (nats-py has no public call for this):
   (``publish`` not overridden) whose private attributes have the expected types;
 - per reply, only while the client is ``CONNECTED`` (not connecting, reconnecting, draining or
   closed), its flusher task runs, the reply is printable with no space (so no tab, CR or LF:
-  what nats-py 2.16 refuses in a subject) and the command fits the pending-buffer limit and ``max_payload``.
+  what nats-py 2.16 refuses in a subject) and the command fits the pending-buffer limit and
+  ``max_payload``.
 
 Where the guard fails, :meth:`Replies.write` returns False and the caller awaits
 ``nc.publish`` as before: a reply sent while reconnecting is buffered or refused exactly as

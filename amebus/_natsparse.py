@@ -14,7 +14,8 @@ class); the rest of the nats-py internals amebus uses are in :mod:`amebus._natsi
   ``Client._process_msg``, the subscription's queue and its task (issue 20's profile:
   about 2 µs a message on nats-py 2.16). What ``_process_msg`` does for such a subscription is done
   here too: ``stats`` counted, ``sub._received`` counted, headers parsed by the client's own
-  ``_process_headers``, the message built as nats-py's ``Msg`` (the guard wants it as
+  ``_process_headers`` (once for a block the same as the last message's: a pin id, a
+  heartbeat), the message built as nats-py's ``Msg`` (the guard wants it as
   ``nc.msg_class``), dropped once unsubscribed, and an exception from the function reported to
   the client's ``error_cb``. Guarded: only on the nats-py versions the settlement replies are
   tested on (:data:`amebus._natsack.TESTED`), a plain ``Client``, and a subscription with no
@@ -51,8 +52,9 @@ _HMSG_SPACED = re.compile(rb"HMSG ([^ \t\r\n]+) (\d+) (?:([^ \t\r\n]+) )?(\d+) (
 
 _FIELDS = ("_client", "subject", "reply", "data", "headers", "_metadata", "_ackd", "_sid")
 
-OnMessage = Callable[["Msg"], "Awaitable[None] | None"]
-"""Takes one message; returns None, or an awaitable the parser awaits before going on."""
+OnMessage = Callable[["Msg", int], "Awaitable[None] | None"]
+"""Takes one message and the size of its header block as received (0: none); returns None,
+or an awaitable the parser awaits before going on."""
 
 
 def install_parser(nc: Client) -> bool:
@@ -70,7 +72,7 @@ def install_parser(nc: Client) -> bool:
         return False
     parser.__class__ = _SafeParser
     installed: Any = parser
-    installed.direct = {}
+    installed.direct, installed.last_header, installed.last_headers = {}, b"", {}
     return True
 
 
@@ -150,6 +152,8 @@ def _make_parser() -> type[Any]:
         subscriptions in ``direct`` given to their function; the rest is unchanged."""
 
         direct: dict[int, OnMessage]  # by subscription id (set by install_parser)
+        last_header: bytes  # the last header block delivered directly, and what it parsed to
+        last_headers: dict[str, str]
 
         async def parse(self, data: bytes = b"") -> None:
             buf = self.buf
@@ -227,12 +231,18 @@ def _make_parser() -> type[Any]:
             if sub is None:
                 return  # unsubscribed: dropped, as nats-py does
             sub._received += 1
-            headers = await nc._process_headers(hdr) if hdr else None
+            headers = None
+            if hdr:
+                if hdr == self.last_header:  # as the last message's (a pin id, a heartbeat)
+                    headers = dict(self.last_headers) if self.last_headers else None
+                else:
+                    headers = await nc._process_headers(hdr)
+                    self.last_header, self.last_headers = hdr, dict(headers or {})
             msg = message(nc, subject.decode(), reply.decode() if reply.isascii() else
                           reply.decode("utf-8", "surrogateescape"), payload, headers, None,
                           False, sid)  # Msg's fields in order (checked by the guard)
             try:
-                pending = deliver(msg)
+                pending = deliver(msg, len(hdr) if hdr else 0)
                 if pending is not None:
                     await pending
             except Exception as exc:  # as a subscription's task reports its callback's

@@ -25,6 +25,7 @@ from amebus import _natsio, _natsparse
 from amebus._health import ConnectionHealth, consumer_missing
 from amebus.errors import ConfigurationError
 from amebus.pull_budget import PullBudget
+from amebus.wire import header_size
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -198,12 +199,13 @@ class Puller(PullBudget):
 
     async def _on_queued(self, msg: Msg) -> None:
         """The subscription's callback, where the parser does not deliver directly."""
-        pending = self._on_msg(msg)
+        pending = self._on_msg(msg, header_size(msg.headers))
         if pending is not None:
             await pending
 
-    def _on_msg(self, msg: Msg) -> Awaitable[None] | None:
-        """Take one message from the inbox; a status returns its handling, to be awaited."""
+    def _on_msg(self, msg: Msg, header_bytes: int) -> Awaitable[None] | None:
+        """Take one message from the inbox (``header_bytes``: its header block's size); a
+        status returns its handling, to be awaited."""
         headers = msg.headers
         if self.priority is not None and self.priority.observe(msg):
             return None  # a keep-alive pull's answer: none of the engine's requests
@@ -212,7 +214,7 @@ class Puller(PullBudget):
             return self._on_status(headers)
         if self.pending:
             self.pending -= 1
-        self._count_bytes(msg)
+        self._count_bytes(msg, header_bytes)
         self.received += 1  # the monitor notices that something arrived
         if (self.urgent_at and not msg.reply.startswith(self.first_reply)
                 and _delivery(msg.reply) >= self.urgent_at):

@@ -7,8 +7,6 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
-from amebus.wire import header_size
-
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
@@ -72,12 +70,11 @@ class PullBudget:
         self.reserved += sign * nbytes
         self._requests += sign
 
-    def _count_bytes(self, msg: Msg) -> None:
-        """Move a message's bytes from requested to held (sized as the server counts them)."""
-        reply, headers = msg.reply, msg.headers
-        size = len(msg.subject) + len(reply) + len(msg.data)
-        if headers:
-            size += header_size(headers)
+    def _count_bytes(self, msg: Msg, header_bytes: int) -> None:
+        """Move a message's bytes from requested to held (sized as the server counts them:
+        ``header_bytes`` is its header block's size)."""
+        reply = msg.reply
+        size = len(msg.subject) + len(reply) + len(msg.data) + header_bytes
         reserved = self.reserved - size
         self.reserved = reserved if reserved > 0 else 0
         if reply:

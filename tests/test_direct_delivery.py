@@ -10,6 +10,7 @@ import json
 from collections.abc import Awaitable
 from typing import Any
 
+import nats
 import nats.aio.client
 import pytest
 from _support import Space, eventually
@@ -87,6 +88,38 @@ async def test_the_pull_inbox_is_delivered_directly(nc: Client, js: JetStreamCon
     assert info.num_ack_pending == 0 and info.num_pending == 0
 
 
+async def test_headers_read_as_nats_py_reads_them(nc: Client, nats_url: str,
+                                                  space: Space) -> None:
+    """A second client, on nats-py's own path, is the oracle; a block the same as the last
+    one's is parsed once but every message gets its own dict."""
+    sub, _ = await _subscribe(nc, space.subject("h"))
+    direct: list[tuple[Msg, int]] = []
+    assert _natsparse.deliver_directly(nc, sub, lambda msg, size: direct.append((msg, size)))
+    other = await nats.connect(nats_url)
+    try:
+        plain: list[Msg] = []
+
+        async def queued(msg: Msg) -> None:
+            plain.append(msg)
+
+        await other.subscribe(space.subject("h"), cb=queued)
+        await other.flush()
+        blocks = [{"Nats-Pin-Id": "p1"}, {"Nats-Pin-Id": "p1"}, {"Nats-Pin-Id": "p1"},
+                  {"A": "b", "C": "d é"}, None, {"A": "b", "C": "d é"}, {"Nats-Pin-Id": "p2"}]
+        for headers in blocks:
+            await nc.publish(space.subject("h"), b"x", headers=headers)
+        await eventually(lambda: len(direct) == len(plain) == len(blocks))
+    finally:
+        await other.close()
+    assert [m.headers for m, _ in direct] == [m.headers for m in plain]
+    for (_, size), headers in zip(direct, blocks, strict=True):
+        raw = b"" if headers is None else b"NATS/1.0\r\n" + b"".join(
+            f"{k}: {v}\r\n".encode() for k, v in headers.items()) + b"\r\n"
+        assert size == len(raw)
+    direct[1][0].headers["Nats-Pin-Id"] = "changed"  # type: ignore[index]
+    assert direct[2][0].headers == {"Nats-Pin-Id": "p1"}  # a dict of its own
+
+
 async def test_order_is_kept_across_an_awaited_message(nc: Client, space: Space) -> None:
     sub, queued = await _subscribe(nc, space.subject("core"))
     seen: list[bytes] = []
@@ -95,7 +128,7 @@ async def test_order_is_kept_across_an_awaited_message(nc: Client, space: Space)
         await asyncio.sleep(0.05)
         seen.append(msg.data)
 
-    def on_msg(msg: Msg) -> Awaitable[None] | None:
+    def on_msg(msg: Msg, header_bytes: int) -> Awaitable[None] | None:
         if msg.data == b"1":
             return slow(msg)  # the parser awaits it before the next message
         seen.append(msg.data)
@@ -121,7 +154,7 @@ async def test_a_failing_function_is_reported_and_reading_goes_on(
         sub, _ = await _subscribe(nc, space.subject("core"))
         seen: list[bytes] = []
 
-        def on_msg(msg: Msg) -> None:
+        def on_msg(msg: Msg, header_bytes: int) -> None:
             if msg.data == b"boom":
                 raise RuntimeError("boom")
             seen.append(msg.data)
@@ -140,7 +173,7 @@ async def test_a_failing_function_is_reported_and_reading_goes_on(
 async def test_stopped_delivery_goes_through_the_queue_again(nc: Client, space: Space) -> None:
     sub, queued = await _subscribe(nc, space.subject("core"))
     direct: list[bytes] = []
-    assert _natsparse.deliver_directly(nc, sub, lambda msg: direct.append(msg.data))
+    assert _natsparse.deliver_directly(nc, sub, lambda msg, _: direct.append(msg.data))
     await nc.publish(space.subject("core"), b"a")
     await eventually(lambda: direct == [b"a"])
     _natsparse.stop_delivering(nc, sub)
@@ -155,7 +188,7 @@ async def test_an_unsubscribed_subscription_drops_as_nats_py_does(nc: Client,
                                                                    space: Space) -> None:
     sub, _ = await _subscribe(nc, space.subject("core"))
     direct: list[bytes] = []
-    assert _natsparse.deliver_directly(nc, sub, lambda msg: direct.append(msg.data))
+    assert _natsparse.deliver_directly(nc, sub, lambda msg, _: direct.append(msg.data))
     nc._subs.pop(sub._id)  # what unsubscribe() does first; the server may still send
     await nc._ps.parse(b"MSG %s %d 1\r\nx\r\n" % (space.subject("core").encode(), sub._id))
     assert direct == []
@@ -166,7 +199,7 @@ class TestGuard:
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
         sub, queued = await _subscribe(nc, space.subject("core"))
         monkeypatch.setattr(nats.aio.client, "__version__", "2.99.0")
-        assert not _natsparse.deliver_directly(nc, sub, lambda msg: None)
+        assert not _natsparse.deliver_directly(nc, sub, lambda msg, _: None)
         await nc.publish(space.subject("core"), b"a")
         await eventually(lambda: len(queued) == 1)
 
@@ -174,13 +207,13 @@ class TestGuard:
             self, nc: Client, js: JetStreamContext, space: Space) -> None:
         limited = await nc.subscribe(space.subject("a"), max_msgs=3)
         assert _natsparse.install_parser(nc)
-        assert not _natsparse.deliver_directly(nc, limited, lambda msg: None)
+        assert not _natsparse.deliver_directly(nc, limited, lambda msg, _: None)
         await js.add_stream(name=space.stream, subjects=[f"{space.prefix}.>"])
         push = await js.subscribe(space.subject("b"), cb=lambda msg: asyncio.sleep(0))
-        assert not _natsparse.deliver_directly(nc, push._sub, lambda msg: None)
+        assert not _natsparse.deliver_directly(nc, push._sub, lambda msg, _: None)
 
     async def test_a_client_without_amebus_parser_keeps_the_queue(self, nc: Client,
                                                                   space: Space) -> None:
         sub = await nc.subscribe(space.subject("a"))
         assert type(nc._ps) is not _natsparse._SafeParser
-        assert not _natsparse.deliver_directly(nc, sub, lambda msg: None)
+        assert not _natsparse.deliver_directly(nc, sub, lambda msg, _: None)
