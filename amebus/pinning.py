@@ -87,14 +87,15 @@ class PriorityPull:
         """See a message or status on the inbox; True if it is a keep-alive's (not the
         engine's: it ends none of its requests)."""
         headers = msg.headers or {}
-        tag = msg.subject.rsplit(".", 1)[-1]
-        if not msg.reply and headers.get("Status") == "423" and tag in (
-                str(self._gen), f"k{self._gen}") and self.pin_id is not None:
-            self._lost(headers.get("Description", ""))
-        elif msg.reply:
+        if msg.reply:  # a message, on its own subject: the engine's (a keep-alive fits none)
             pin = headers.get("Nats-Pin-Id")
             if pin and pin != self.pin_id:
                 self._gained(pin)
+            return False
+        tag = msg.subject.rsplit(".", 1)[-1]  # a status comes on its request's reply subject
+        if headers.get("Status") == "423" and tag in (
+                str(self._gen), f"k{self._gen}") and self.pin_id is not None:
+            self._lost(headers.get("Description", ""))
         return tag.startswith("k")
 
     def start(self) -> None:

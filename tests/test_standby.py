@@ -421,3 +421,21 @@ async def test_back_after_the_timeout_the_old_pin_is_refused_and_it_stands_by(
             await nc.close()
     assert ledger.pins[:3] == [(first, "pinned"), (other, "pinned"), (first, "unpinned")]
     assert ledger.overlaps() == []
+
+
+async def test_a_subject_ending_in_a_k_token_is_handled(js: JetStreamContext, space: Space,
+                                                         nats_url: str) -> None:
+    """A message's subject is the one it was published on, not the inbox: a last token that
+    starts with ``k`` (the keep-alive requests' tag) is an ordinary message."""
+    handled: list[str] = []
+
+    async def handle(msg: Any) -> None:
+        handled.append(msg.subject)
+
+    cls: Any = type("Kiwi", (Service,), {"any": Route(space.subject(">"), handle)})
+    async with connections(nats_url, 1) as [nc], serving(
+            cls(), nc, **space.options(**STANDBY)):
+        for token in ("kiwi", "k", "7", "k1"):
+            await js.publish(space.subject("fruit", token), b"x")
+        await eventually(lambda: len(handled) == 4, 10, "four handled")
+    assert sorted(handled) == sorted(space.subject("fruit", t) for t in ("kiwi", "k", "7", "k1"))
