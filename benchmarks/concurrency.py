@@ -6,6 +6,11 @@ Each handler awaits ``asyncio.sleep(wait)`` (a stand-in for a database or HTTP c
 concurrency level a fresh durable consumes enough messages for about two seconds of ideal
 work; the table shows msgs/s, the ideal ``concurrency / wait``, their ratio, and CPU per
 message (where the ratio falls while CPU per message stays flat, the CPU is the limit).
+
+The ``asyncio`` column is the ceiling measured in the same run: ``concurrency`` bare tasks
+doing nothing but ``await asyncio.sleep(wait)`` for as long, as a ratio of the same ideal (the
+event loop wakes timers late: epoll's timeout is in whole milliseconds, rounded up), and
+``of asyncio`` is amebus's ratio over it.
 """
 
 from __future__ import annotations
@@ -64,6 +69,21 @@ async def _level(js: nats.js.JetStreamContext, stream: str, level: int, wait: fl
             "efficiency": rate / ideal, "cpu_us": cpu / total * 1e6}
 
 
+async def _ceiling(level: int, wait: float, seconds: float) -> float:
+    """Sleeps per second of ``level`` tasks doing nothing else, as a ratio of the ideal."""
+    count, stop = 0, time.perf_counter() + seconds
+
+    async def sleeper() -> None:
+        nonlocal count
+        while time.perf_counter() < stop:
+            await asyncio.sleep(wait)
+            count += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(sleeper() for _ in range(level)))
+    return count / (time.perf_counter() - start) / (level / wait)
+
+
 async def _main(args: argparse.Namespace) -> None:
     levels = [int(x) for x in args.levels.split(",")]
     wait = args.wait_ms / 1000
@@ -73,11 +93,13 @@ async def _main(args: argparse.Namespace) -> None:
         await js.add_stream(name="WAIT", subjects=["work.*"])
         print(f"handlers wait {args.wait_ms:g} ms; about {args.seconds:g} s of ideal work each")
         print(f"{'concurrency':>11} {'messages':>8} {'msgs/s':>9} {'ideal':>9} {'ratio':>6} "
-              f"{'CPU µs/msg':>10}")
+              f"{'CPU µs/msg':>10} {'asyncio':>7} {'of asyncio':>10}")
         for level in levels:
             row = await _level(js, "WAIT", level, wait, args.seconds)
+            ceiling = await _ceiling(level, wait, args.seconds)
             print(f"{row['concurrency']:>11} {row['messages']:>8} {row['rate']:>9,.0f} "
-                  f"{row['ideal']:>9,.0f} {row['efficiency']:>6.2f} {row['cpu_us']:>10.1f}")
+                  f"{row['ideal']:>9,.0f} {row['efficiency']:>6.2f} {row['cpu_us']:>10.1f} "
+                  f"{ceiling:>7.2f} {row['efficiency'] / ceiling:>10.2f}")
         await nc.close()
 
 
