@@ -270,11 +270,13 @@ def _make_parser() -> type[Any]:
             if end < 0:
                 return False
             pending, self.buf = self.buf[end + 2:], self.buf[: end + 2]
+            line = self.buf
             try:
                 await p.Parser.parse(self)  # +OK, -ERR, PING, PONG, INFO, or "unknown"
             finally:
-                self.buf.extend(pending)
-            return len(self.buf) < before
+                if self.buf is line:  # else reset meanwhile (a reconnect): the rest is stale
+                    self.buf.extend(pending)
+            return self.buf is not line or len(self.buf) < before
 
     return SafeParser
 

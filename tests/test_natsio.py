@@ -97,6 +97,26 @@ async def test_installed_on_a_real_client_keeps_its_state() -> None:
 
 
 
+class Resetting(Recorder):
+    """Resets its parser on -ERR, as nats-py's client does when it starts reconnecting."""
+
+    async def _process_err(self, err: str) -> None:
+        await super()._process_err(err)
+        self._ps.reset()
+
+
+@pytest.mark.parametrize("amebus", [True, False])
+async def test_what_follows_a_reset_is_dropped_as_nats_py_drops_it(amebus: bool) -> None:
+    recorder = Resetting()
+    if amebus:
+        assert _natsparse.install_parser(recorder)
+    await recorder._ps.parse(b"MSG a 1 2\r\nhi\r\n-ERR 'Stale Connection'\r\nMSG b 1 2\r\nno\r\n")
+    assert recorder.events == [("msg", 1, "a", b"", b"hi", None), ("err", "'stale connection'")]
+    assert bytes(recorder._ps.buf) == b""
+    await recorder._ps.parse(b"MSG c 1 3\r\nnew\r\n")  # the new connection's bytes
+    assert recorder.events[-1] == ("msg", 1, "c", b"", b"new", None)
+
+
 # -- against nats-py's own parser, on what a server writes to a well-behaved client ----------
 
 _ITEM = st.one_of(
