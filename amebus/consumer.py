@@ -20,7 +20,6 @@ from amebus.batch_runner import Batches
 from amebus.correlation import correlation_headers
 from amebus.dispatch import dispatch_of
 from amebus.errors import (
-    AttemptsExhaustedError,
     DecodeError,
     HandlerTimeoutError,
     Nak,
@@ -28,7 +27,7 @@ from amebus.errors import (
     Term,
 )
 from amebus.handlers import Handler, Processor, ProcessorHandler, Resolver, events_of
-from amebus.settlement import Limits, Settings, decide, deliveries_of, reply_meta
+from amebus.settlement import Limits, Settings, deliveries_of, reply_meta
 from amebus.settler import ACK, FIRST, Run, Settler
 from amebus.tracing import Decision, ErrorTracer, Stage
 from amebus.watchdog import Slot, watch
@@ -276,29 +275,6 @@ class JetStreamConsumer(Settler):
         run = Run(reply_meta(reply)[1], deliveries)
         await self.begin(run)
         return run
-
-    async def exhausted(self, msg: Msg, handler: Handler, run: Run) -> Decision:
-        """Settle a redelivery whose attempts are spent, without running its handler."""
-        spent = AttemptsExhaustedError(f"the handler failed or crashed on {run.attempt} attempts")
-        decision = await self.failed(msg, handler, "business", spent, run, "exhausted")
-        await self.finish(msg, decision, handler, run)
-        return decision
-
-    async def signalled(self, msg: Msg, handler: Handler, stage: Stage, run: Run,
-                        signal: Nak | Term) -> Decision:
-        """The decision for a ``Nak`` or ``Term`` a handler raised (or a batch handler
-        returned for one of its messages)."""
-        limits = self.limits
-        if isinstance(signal, Term):
-            return decide("term", attempt=run.attempt, deliveries=run.deliveries,
-                          limits=limits, error=signal.reason)
-        if limits.last_attempt(run.attempt) or limits.last_delivery(run.deliveries):
-            return await self.failed(msg, handler, stage, signal, run, "nak")
-        try:  # Nak checks its delay; one changed after raising is a handler failure
-            return decide("nak", attempt=run.attempt, deliveries=run.deliveries,
-                          limits=limits, delay=signal.delay)
-        except (TypeError, ValueError) as bad:
-            return await self.failed(msg, handler, stage, bad, run)
 
     async def publish_events(self, events: list[Any], msg: Msg | None = None) -> None:
         """Publish a handler's result events, waiting for the stream to store each one; they

@@ -25,6 +25,7 @@ from amebus import _natsio, _natsparse
 from amebus._health import ConnectionHealth, consumer_missing
 from amebus.errors import ConfigurationError
 from amebus.pull_budget import PullBudget
+from amebus.settlement import deliveries_of
 from amebus.wire import header_size
 
 if TYPE_CHECKING:
@@ -217,7 +218,7 @@ class Puller(PullBudget):
         self._count_bytes(msg, header_bytes)
         self.received += 1  # the monitor notices that something arrived
         if (self.urgent_at and not msg.reply.startswith(self.first_reply)
-                and _delivery(msg.reply) >= self.urgent_at):
+                and deliveries_of(msg.reply) >= self.urgent_at):
             self.buffer.appendleft(msg)  # the server's last try: run it before the others
         else:
             self.buffer.append(msg)
@@ -313,9 +314,3 @@ class Puller(PullBudget):
             if self._due()[0]:
                 await self.refill()
 
-
-def _delivery(reply: str) -> int:
-    """The delivery count in a JetStream reply subject (0 when it has none)."""
-    tokens = reply.split(".") if reply else ()
-    index = 4 if len(tokens) == 9 else 6 if len(tokens) >= 11 else -1
-    return int(tokens[index]) if index >= 0 and tokens[index].isdigit() else 0

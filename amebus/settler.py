@@ -19,7 +19,7 @@ import attrs
 
 from amebus._natsack import Replies
 from amebus.deadletter import one_line, publish_dead_letter
-from amebus.errors import NoRouteError
+from amebus.errors import AttemptsExhaustedError, Nak, NoRouteError, Term
 from amebus.settlement import PROGRESS, Limits, Outcome, Settings, decide, encode, reply_meta
 from amebus.telemetry.logs import log_settlement
 from amebus.tracing import Decision, ErrorTracer, Failure, LoggingTracer, Stage
@@ -222,6 +222,29 @@ class Settler:
             if handler is not None:
                 handler.stats.dead_lettered += 1
         return decision
+
+    async def exhausted(self, msg: Msg, handler: Handler, run: Run) -> Decision:
+        """Settle a redelivery whose attempts are spent, without running its handler."""
+        spent = AttemptsExhaustedError(f"the handler failed or crashed on {run.attempt} attempts")
+        decision = await self.failed(msg, handler, "business", spent, run, "exhausted")
+        await self.finish(msg, decision, handler, run)
+        return decision
+
+    async def signalled(self, msg: Msg, handler: Handler, stage: Stage, run: Run,
+                        signal: Nak | Term) -> Decision:
+        """The decision for a ``Nak`` or ``Term`` a handler raised (or a batch handler
+        returned for one of its messages)."""
+        limits = self.limits
+        if isinstance(signal, Term):
+            return decide("term", attempt=run.attempt, deliveries=run.deliveries,
+                          limits=limits, error=signal.reason)
+        if limits.last_attempt(run.attempt) or limits.last_delivery(run.deliveries):
+            return await self.failed(msg, handler, stage, signal, run, "nak")
+        try:  # Nak checks its delay; one changed after raising is a handler failure
+            return decide("nak", attempt=run.attempt, deliveries=run.deliveries,
+                          limits=limits, delay=signal.delay)
+        except (TypeError, ValueError) as bad:
+            return await self.failed(msg, handler, stage, bad, run)
 
     async def settle(self, msg: Msg, decision: Decision, handler: Handler | None = None) -> None:
         """Send ``decision`` for ``msg`` (once: skipped if the handler settled it itself)."""
