@@ -147,9 +147,11 @@ def _make_parser() -> type[Any]:
     payload_state, control_state = p.AWAITING_MSG_PAYLOAD, p.AWAITING_CONTROL_LINE
 
     class SafeParser(p.Parser):
-        """nats-py 2.16.0's ``Parser.parse`` with ``MSG``/``HMSG`` lines split as the server
-        writes them (space or tab), non-UTF-8 subjects escaped, and the messages of the
-        subscriptions in ``direct`` given to their function; the rest is unchanged."""
+        """Reads what nats-py 2.16.0's ``Parser.parse`` reads, in the same states and fields,
+        with ``MSG``/``HMSG`` lines split as the server writes them (space or tab), non-UTF-8
+        subjects escaped, and the messages of the subscriptions in ``direct`` given to their
+        function; other lines go to the original parser. It keeps a position in the buffer
+        and cuts what it read once per call."""
 
         direct: dict[int, OnMessage]  # by subscription id (set by install_parser)
         last_header: bytes  # the last header block delivered directly, and what it parsed to
