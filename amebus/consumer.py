@@ -117,19 +117,15 @@ class JetStreamConsumer(Settler):
         await self.run_from(take)
 
     async def run_from(self, take: Callable[[], Awaitable[Msg | None]], *,
-                       before_shutdown: Callable[[], Awaitable[None]] | None = None,
-                       take_now: Callable[[], Msg | None] | None = None) -> None:
+                       before_shutdown: Callable[[], Awaitable[None]] | None = None) -> None:
         """Like :meth:`run`, with ``take()`` returning the next message or None at the end.
 
-        ``before_shutdown`` runs first when cancelled (the pull engine stops pulling there);
-        ``take_now()``, where given, returns a message without awaiting, or None to await
-        ``take()`` (the pull engine's buffer).
+        ``before_shutdown`` runs first when cancelled (the pull engine stops pulling there).
         """
         self._slots = [Slot() for _ in range(self.settings.concurrency)]
-        if self.order is not None:
-            take, take_now = self.order.taking(take, self), None
+        take = take if self.order is None else self.order.taking(take, self)
         for index, slot in enumerate(self._slots):
-            slot.task = asyncio.create_task(self._worker(slot, take, take_now),
+            slot.task = asyncio.create_task(self._worker(slot, take),
                                             name=f"amebus-worker-{index}")
         self._slots += self.batches.start()  # a runner per batch route, watched like a worker
         watchdog = asyncio.create_task(self._watchdog(), name="amebus-watchdog")
@@ -169,13 +165,10 @@ class JetStreamConsumer(Settler):
                 task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
 
-    async def _worker(self, slot: Slot, take: Callable[[], Awaitable[Msg | None]],
-                      take_now: Callable[[], Msg | None] | None = None) -> None:
+    async def _worker(self, slot: Slot, take: Callable[[], Awaitable[Msg | None]]) -> None:
         while not self.stopping:
             try:
-                msg = take_now() if take_now is not None else None
-                if msg is None:
-                    msg = await take()
+                msg = await take()
                 if msg is None:
                     self.batches.end()  # collected batches run now
                     return
@@ -259,10 +252,7 @@ class JetStreamConsumer(Settler):
             decision = await self.failed(msg, handler, stage, exc, run)
         finally:
             slot.msg = None
-        if decision is ACK and not run.stored:  # nothing recorded to forget: settle at once
-            await self.settle(msg, ACK, handler)
-        else:
-            await self.finish(msg, decision, handler, run)
+        await self.finish(msg, decision, handler, run)
         return decision
 
     async def run_of(self, msg: Msg) -> Run:

@@ -110,9 +110,6 @@ class Bound:
             run = lambda msg: call(arg(msg), msg)  # noqa: E731
         elif arg is _as_message:
             run = call
-        elif route.event is not None and not isinstance(arg, Remembered):
-            decode = codec.decoder(route.event)
-            run = lambda msg: call(decode(msg.data))  # noqa: E731  # arg(msg), one call fewer
         else:
             run = lambda msg: call(arg(msg))  # noqa: E731
         self.run: Callable[[Msg], Awaitable[Any]] = run if is_async else _awaitable(run)

@@ -147,20 +147,10 @@ class Puller(PullBudget):
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
                 raise
-        buffer = self.buffer
-        msg = buffer.popleft()
-        if (self.pending + len(buffer) + len(self.parked) <= self.limit // 2
-                and not self.closed):
+        msg = self.buffer.popleft()
+        if self.pending + self.waiting <= self.limit // 2 and not self.closed:
             await self.refill()  # half the count window is free: sent if the bytes allow
         return msg
-
-    def take_now(self) -> Msg | None:
-        """The next buffered message, where :meth:`next` would neither wait nor refill (None:
-        call :meth:`next`)."""
-        buffer = self.buffer
-        if buffer and self.pending + len(buffer) + len(self.parked) > self.limit // 2 + 1:
-            return buffer.popleft()
-        return None
 
     def put_back(self, msg: Msg) -> bool:
         """Put a message taken earlier (a parked one free to start) at the front of the
@@ -175,8 +165,7 @@ class Puller(PullBudget):
         """``msg`` is settled: its bytes leave the budget (once; unknown messages are ignored)."""
         if not self._settled(msg):
             return
-        if (self.pending + len(self.buffer) + len(self.parked) <= self.limit // 2
-                and not self.closed
+        if (self.pending + self.waiting <= self.limit // 2 and not self.closed
                 and self._due()[0] and self._refilling is None):
             self._refilling = asyncio.get_running_loop().create_task(self.refill())
             self._refilling.add_done_callback(lambda _: setattr(self, "_refilling", None))

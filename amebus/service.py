@@ -302,8 +302,7 @@ class Service(PinHooks, metaclass=ServiceMeta):
                      ", ".join(cls.filter_subjects), stream, durable)
             if ready is not None:
                 ready.set()
-            await consumer.run_from(puller.next, before_shutdown=stop_pulling,
-                                    take_now=puller.take_now)
+            await consumer.run_from(puller.next, before_shutdown=stop_pulling)
         finally:
             await stop_tasks(background)
             if puller.priority is not None:  # handlers are done: a standby may take over
