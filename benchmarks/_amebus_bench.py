@@ -6,6 +6,7 @@
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +18,7 @@ from amebus.telemetry import Metrics, Observers, Tracing
 from amebus.telemetry.observer import Observer
 from benchmarks._baselines import Target, Unavailable, Workload
 
-__all__ = ["amebus_serve", "build_service", "observer_for"]
+__all__ = ["amebus_serve", "build_service", "observer_for", "seconds_to_ack"]
 
 
 def build_service(work: Workload, target: Target, *,
@@ -129,3 +130,23 @@ async def amebus_serve(work: Workload, target: Target, concurrency: int = 1,
         await serving
     await nc.flush()
     await nc.close()
+
+
+async def seconds_to_ack(js: Any, service: amebus.Service, *, stream: str, durable: str,
+                         n: int, concurrency: int) -> float:
+    """Serve ``service`` until ``durable``'s ack floor reaches stream sequence ``n``: the
+    seconds from ready to then (serving is stopped before returning)."""
+    ready = asyncio.Event()
+    task = asyncio.create_task(service.serve(js, stream=stream, durable=durable, ready=ready,
+                                             max_ack_pending=1000, concurrency=concurrency))
+    await ready.wait()
+    start = time.perf_counter()
+    while True:
+        info = await js.consumer_info(stream, durable)
+        if info.ack_floor is not None and info.ack_floor.stream_seq >= n:
+            break
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - start
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return elapsed

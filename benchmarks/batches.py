@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +32,7 @@ from nats.js.api import StreamConfig
 import amebus
 from amebus import Batch, Route, Service
 from amebus.testing import NatsServer
+from benchmarks._amebus_bench import seconds_to_ack
 
 __all__ = ["main"]
 
@@ -75,20 +75,8 @@ def _service(approach: str, pause: float, seen: list[int]) -> Service:
 async def _run(js: JetStreamContext, make: Callable[[list[int]], Service], n: int,
                durable: str, name: str) -> float:
     seen: list[int] = []
-    ready = asyncio.Event()
-    task = asyncio.create_task(make(seen).serve(
-        js, stream=STREAM, durable=durable, ready=ready, max_ack_pending=1000,
-        concurrency=CONCURRENCY))
-    await ready.wait()
-    start = time.perf_counter()
-    while True:
-        info = await js.consumer_info(STREAM, durable)
-        if info.ack_floor is not None and info.ack_floor.stream_seq >= n:
-            break
-        await asyncio.sleep(0.01)
-    elapsed = time.perf_counter() - start
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    elapsed = await seconds_to_ack(js, make(seen), stream=STREAM, durable=durable, n=n,
+                                   concurrency=CONCURRENCY)
     if sorted(seen) != list(range(n)):
         msg = f"{name}: handled {len(seen)} ids ({len(set(seen))} distinct) for {n} messages"
         raise SystemExit(msg)

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import statistics
 import sys
-import time
 from typing import Any
 
 import nats
@@ -33,6 +32,7 @@ from nats.js.api import StreamConfig
 from amebus import Route, Service
 from amebus.idempotency import DEFAULT_BUCKET
 from amebus.testing import NatsServer
+from benchmarks._amebus_bench import seconds_to_ack
 
 __all__ = ["main"]
 
@@ -56,20 +56,8 @@ def _service(options: dict[str, bool], seen: list[int]) -> Service:
 async def _run(js: JetStreamContext, name: str, options: dict[str, bool], n: int,
                durable: str) -> float:
     seen = [0]
-    ready = asyncio.Event()
-    task = asyncio.create_task(_service(options, seen).serve(
-        js, stream=STREAM, durable=durable, ready=ready, max_ack_pending=1000,
-        concurrency=CONCURRENCY))
-    await ready.wait()
-    start = time.perf_counter()
-    while True:
-        info = await js.consumer_info(STREAM, durable)
-        if info.ack_floor is not None and info.ack_floor.stream_seq >= n:
-            break
-        await asyncio.sleep(0.01)
-    elapsed = time.perf_counter() - start
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    elapsed = await seconds_to_ack(js, _service(options, seen), stream=STREAM, durable=durable,
+                                   n=n, concurrency=CONCURRENCY)
     if seen[0] != n:
         msg = f"{name}: the handler ran {seen[0]} times for {n} messages"
         raise SystemExit(msg)
